@@ -1,0 +1,230 @@
+"""``ENGINE: "django_readonly_pool.backend"``: Django's PostgreSQL backend + the pool.
+
+The wrapper is Django's own PostgreSQL ``DatabaseWrapper``; it changes only:
+
+* ``cursor()`` / ``chunked_cursor()``: inside the bridge they return Django's
+  cursor wrappers around a :class:`~.cursors.BridgeCursor`, whose I/O awaits the
+  async pool; everywhere else they are Django's (and Django's guard against sync
+  I/O on the event loop still applies);
+* ``make_cursor()`` / ``make_debug_cursor()``: the same wrappers plus a guard
+  that refuses writes on this read-only alias;
+* ``get_connection_params()``: drops this package's ``OPTIONS["readonly_pool"]``
+  and sets libpq's ``connect_timeout``;
+* ``pool``: Django's built-in (sync) psycopg pool, sized from the same settings,
+  for sync code (management commands, sync views, WSGI);
+* ``pg_version``: known from the pool, so no sync connection is opened on the loop;
+* ``get_autocommit()``: refuses ``transaction.atomic()`` on the async path.
+
+:meth:`DatabaseWrapper.make_read_pool` builds the async pool from the same
+connection parameters as Django's sync connections (adapters, time zone, role,
+client-side binding, ``prepare_threshold=None``), so both return the same values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql import base as postgresql
+from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
+from django.db.backends.postgresql.operations import DatabaseOperations as PostgresOperations
+from django.utils.functional import cached_property
+from psycopg import AsyncClientCursor, AsyncCursor, sql
+
+from django_readonly_pool.bridge import await_only, in_bridge
+from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings
+from django_readonly_pool.errors import ReadOnlyAliasError
+from django_readonly_pool.pool import ReadPool, SessionSetup, registry
+
+from .cursors import (
+    BridgeCursor,
+    ReadOnlyCursorDebugWrapper,
+    ReadOnlyCursorWrapper,
+    StreamingBridgeCursor,
+)
+
+__all__ = ["DatabaseWrapper"]
+
+# Server versions learnt by the pools, by alias (read by pg_version).
+_server_versions: dict[str, int] = {}
+# Parsed PoolSettings, by alias (the settings dict is fixed for a process).
+_pool_settings: dict[tuple[str, int], PoolSettings] = {}
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class DatabaseCreation(PostgresCreation):
+    def set_as_test_mirror(self, primary_settings_dict: dict[str, Any]) -> None:
+        super().set_as_test_mirror(primary_settings_dict)
+        from django_readonly_pool.orm import activate_test_mirror
+
+        activate_test_mirror(self.connection.alias, self.connection.settings_dict["TEST"]["MIRROR"])
+
+
+class DatabaseOperations(PostgresOperations):
+    def compose_sql(self, sql_text: str, params: Any) -> str:
+        if not in_bridge():
+            return super().compose_sql(sql_text, params)  # type: ignore[no-any-return]
+        # Django's version borrows a sync connection; render literals with the
+        # connection's adapters instead (no I/O needed).
+        context = self.connection.get_adapters_context()
+        literals = tuple(sql.Literal(p).as_string(context) for p in params or ())
+        return sql_text % literals if literals else sql_text
+
+
+class _AdaptContext:
+    """The smallest psycopg AdaptContext: adapters, no connection."""
+
+    __slots__ = ("adapters",)
+    connection = None
+
+    def __init__(self, adapters: Any) -> None:
+        self.adapters = adapters
+
+
+class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
+    display_name = "PostgreSQL (read-only pool)"
+    creation_class = DatabaseCreation
+    ops_class = DatabaseOperations
+
+    # -- settings ----------------------------------------------------------- #
+
+    @cached_property
+    def readonly_pool_settings(self) -> PoolSettings:
+        """The parsed ``OPTIONS["readonly_pool"]`` (explicit values, then environment)."""
+        key = (self.alias, id(self.settings_dict))
+        parsed = _pool_settings.get(key)
+        if parsed is None:
+            parsed = PoolSettings.from_options(
+                self.settings_dict["OPTIONS"].get(OPTIONS_KEY), alias=self.alias
+            )
+            _pool_settings[key] = parsed
+        return parsed
+
+    @property
+    def target(self) -> ConnectionTarget:
+        return ConnectionTarget.from_settings(self.settings_dict)
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        params.pop(OPTIONS_KEY, None)
+        params.setdefault("connect_timeout", self.readonly_pool_settings.connect_timeout)
+        return params
+
+    def get_adapters_context(self) -> _AdaptContext:
+        params = super().get_connection_params()
+        return _AdaptContext(params["context"])
+
+    # -- sync path: Django's built-in pool, from our settings ---------------- #
+
+    @property
+    def pool(self) -> Any:
+        if self.alias == NO_DB_ALIAS:
+            return None
+        pools = self._connection_pools
+        if self.alias not in pools:
+            if "pool" in self.settings_dict["OPTIONS"]:
+                return super().pool  # an explicit OPTIONS["pool"] wins
+            if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+                raise ImproperlyConfigured(
+                    f"DATABASES[{self.alias!r}]: CONN_MAX_AGE must be 0 with "
+                    "django_readonly_pool.backend: connections come from a pool."
+                )
+            from psycopg_pool import ConnectionPool
+
+            s = self.readonly_pool_settings
+            kwargs = self.get_connection_params()
+            kwargs["autocommit"] = True  # Django sets it properly later on
+            pool = ConnectionPool(
+                kwargs=kwargs,
+                open=False,
+                configure=self._configure_connection,
+                check=ConnectionPool.check_connection if s.pre_ping else None,
+                min_size=s.pool_size,
+                max_size=s.max_size,
+                timeout=s.checkout_timeout,
+                max_lifetime=s.max_lifetime,
+                max_idle=max(60.0, s.overflow_idle_timeout),
+                name=f"readonly-pool-sync[{self.alias}]",
+            )
+            pools.setdefault(self.alias, pool)
+        return pools[self.alias]
+
+    # -- async path ------------------------------------------------------------ #
+
+    def make_read_pool(self) -> ReadPool:
+        """A new async :class:`~django_readonly_pool.pool.ReadPool` for this alias."""
+        s = self.readonly_pool_settings
+        options = self.settings_dict["OPTIONS"]
+        kwargs = self.get_connection_params()
+        kwargs["cursor_factory"] = (
+            AsyncCursor if options.get("server_side_binding") is True else AsyncClientCursor
+        )
+        kwargs["autocommit"] = s.autocommit
+        isolation = options.get("isolation_level")
+        secrets = tuple(
+            str(v) for k, v in {**options, "password": self.settings_dict.get("PASSWORD")}.items()
+            if k in SECRET_KEYS and v
+        )
+        session = SessionSetup(
+            timezone_name=self.timezone_name,
+            assume_role=options.get("assume_role"),
+            isolation_level=None if isolation is None else int(isolation),
+            secrets=secrets,
+        )
+        alias = self.alias
+
+        def remember(version: int) -> None:
+            _server_versions[alias] = version
+
+        return ReadPool(alias, s, self.target, kwargs, session, on_server_version=remember)
+
+    def cursor(self) -> Any:
+        if in_bridge():
+            return self._prepare_cursor(BridgeCursor(self.alias))
+        return super().cursor()
+
+    def chunked_cursor(self) -> Any:
+        if in_bridge():
+            return self._prepare_cursor(StreamingBridgeCursor(self.alias))
+        return super().chunked_cursor()
+
+    def make_cursor(self, cursor: Any) -> ReadOnlyCursorWrapper:
+        return ReadOnlyCursorWrapper(cursor, self)
+
+    def make_debug_cursor(self, cursor: Any) -> ReadOnlyCursorDebugWrapper:
+        return ReadOnlyCursorDebugWrapper(cursor, self)
+
+    @cached_property
+    def pg_version(self) -> int:
+        version = _server_versions.get(self.alias)
+        if version is not None:
+            return version
+        if in_bridge():
+            pool = registry.ready(self.alias) or await_only(registry.get(self.alias))
+            if pool.server_version is None:
+                await_only(pool.putconn(await_only(pool.getconn())))
+            assert pool.server_version is not None
+            return pool.server_version
+        version = postgresql.DatabaseWrapper.pg_version.func(self)
+        _server_versions[self.alias] = version
+        return version  # type: ignore[no-any-return]
+
+    def get_autocommit(self) -> bool:
+        if in_bridge() or (self.connection is None and _on_event_loop()):
+            raise ReadOnlyAliasError(
+                f"transaction.atomic() and other transaction control are not available on the "
+                f"read-only alias {self.alias!r} in async code: each read runs on its own pooled "
+                "connection. Write in a transaction on 'default'; for several reads from one "
+                "snapshot, run sync code (sync_to_async) with atomic(using="
+                f"{self.alias!r})."
+            )
+        return super().get_autocommit()  # type: ignore[no-any-return]

@@ -1,0 +1,307 @@
+"""Cursors of the read-only backend.
+
+* :class:`BridgeCursor`: the DB-API cursor Django's ORM gets inside the bridge.
+  ``execute()`` awaits the pool (through :func:`~django_readonly_pool.bridge.await_only`):
+  it borrows a connection, runs the statement, fetches the rows and returns the
+  connection at once, so no task owns a connection between statements.
+* :class:`StreamingBridgeCursor`: for ``.iterator()``/``aiterator()``; holds one
+  connection for the iteration and streams rows with psycopg's ``stream()``
+  (one statement, rows in chunks: works through PgBouncer's transaction mode,
+  unlike WITH HOLD cursors). The connection goes back when the iteration ends,
+  fails, or is abandoned.
+* :class:`ReadOnlyCursorWrapper` / :class:`ReadOnlyCursorDebugWrapper`: Django's
+  own wrappers (``execute_wrapper()`` hooks, ``connection.queries``, error
+  mapping) plus a guard that refuses writes before they reach the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import weakref
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Final
+
+from django.db.backends.postgresql.base import CursorDebugWrapper
+from django.db.backends.utils import CursorWrapper
+from psycopg import AsyncConnection
+
+from django_readonly_pool.bridge import await_only, in_bridge
+from django_readonly_pool.errors import ReadOnlyAliasError
+from django_readonly_pool.pool import ReadPool, registry
+
+__all__ = [
+    "BridgeCursor",
+    "ReadOnlyCursorDebugWrapper",
+    "ReadOnlyCursorWrapper",
+    "StreamingBridgeCursor",
+    "refuse_writes",
+]
+
+STREAM_CHUNK: Final = 256  # rows per chunk of psycopg's stream()
+
+# --------------------------------------------------------------------------- #
+# The write guard
+# --------------------------------------------------------------------------- #
+
+_READ_KEYWORDS: Final = frozenset({
+    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "SET", "RESET",
+    "DECLARE", "FETCH", "MOVE", "CLOSE", "BEGIN", "START", "COMMIT", "END",
+    "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "DISCARD", "DEALLOCATE", "UNLISTEN",
+})
+_LEADING_NOISE: Final = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
+_FIRST_WORD: Final = re.compile(r"[A-Za-z]+")
+_COPY_OUT: Final = re.compile(r"\bTO\s+(?:STDOUT|PROGRAM|')", re.I)
+
+
+def _statement_text(statement: Any) -> str:
+    if isinstance(statement, str):
+        return statement
+    if isinstance(statement, (bytes, bytearray, memoryview)):
+        return bytes(statement[:200]).decode("latin-1")
+    as_string = getattr(statement, "as_string", None)  # psycopg.sql.Composable
+    if as_string is not None:
+        try:
+            return str(as_string(None))
+        except Exception:  # noqa: BLE001 - unrenderable: let the server judge
+            return "SELECT"
+    return str(statement)
+
+
+def refuse_writes(statement: Any, alias: str) -> None:
+    """Raise :class:`ReadOnlyAliasError` unless *statement* is a read.
+
+    A cheap look at the first keyword (the ORM's reads start with ``SELECT``);
+    the replica itself, or a read-only role, is the second line of defence.
+    """
+    if type(statement) is str and statement.startswith("SELECT"):
+        return
+    text = _statement_text(statement)
+    rest = text[_LEADING_NOISE.match(text).end():]  # type: ignore[union-attr]
+    match = _FIRST_WORD.match(rest)
+    if match is None:
+        return  # empty statement
+    word = match.group().upper()
+    if word in _READ_KEYWORDS or (word == "COPY" and _COPY_OUT.search(text)):
+        return
+    raise ReadOnlyAliasError(
+        f"{word} refused on the read-only alias {alias!r}: it serves reads only. Send "
+        f"writes to the primary: drop .using({alias!r}) and let "
+        "django_readonly_pool.router.ReadOnlyRouter route them, or use .using('default')."
+    )
+
+
+class _GuardMixin:
+    db: Any
+
+    def execute(self, sql: Any, params: Any = None) -> Any:
+        refuse_writes(sql, self.db.alias)
+        return super().execute(sql, params)  # type: ignore[misc]
+
+    def executemany(self, sql: Any, param_list: Any) -> Any:
+        refuse_writes(sql, self.db.alias)
+        return super().executemany(sql, param_list)  # type: ignore[misc]
+
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        refuse_writes(statement, self.db.alias)
+        return super().copy(statement, *args, **kwargs)  # type: ignore[misc]
+
+
+class ReadOnlyCursorWrapper(_GuardMixin, CursorWrapper):
+    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        refuse_writes(statement, self.db.alias)
+        return self.cursor.copy(statement, *args, **kwargs)
+
+
+class ReadOnlyCursorDebugWrapper(_GuardMixin, CursorDebugWrapper):
+    pass
+
+
+# --------------------------------------------------------------------------- #
+# Bridge cursors
+# --------------------------------------------------------------------------- #
+
+
+def _pool_for(alias: str) -> ReadPool:
+    pool = registry.ready(alias)
+    if pool is None:
+        pool = await_only(registry.get(alias))
+    return pool
+
+
+class BridgeCursor:
+    """A DB-API cursor whose statements await the pool (used inside the bridge)."""
+
+    arraysize = 1
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.description: Sequence[Any] | None = None
+        self.rowcount = -1
+        self.statusmessage: str | None = None
+        self._query: Any = None
+        self._rows: list[Any] = []
+        self._pos = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} alias={self.alias!r}>"
+
+    def __enter__(self) -> BridgeCursor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def execute(self, query: Any, params: Any = None) -> BridgeCursor:
+        pool = _pool_for(self.alias)
+        self.description, rows, self.rowcount, self._query, self.statusmessage = await_only(
+            pool.execute(query, params)
+        )
+        self._rows = rows if rows is not None else []
+        self._pos = 0
+        return self
+
+    def executemany(self, query: Any, params_seq: Any) -> None:
+        for params in params_seq:
+            self.execute(query, params)
+
+    def fetchone(self) -> Any:
+        if self._pos < len(self._rows):
+            row = self._rows[self._pos]
+            self._pos += 1
+            return row
+        return None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        end = self._pos + (size or self.arraysize)
+        chunk = self._rows[self._pos:end]
+        self._pos += len(chunk)
+        return chunk
+
+    def fetchall(self) -> list[Any]:
+        chunk = self._rows[self._pos:] if self._pos else self._rows
+        self._pos = len(self._rows)
+        return chunk
+
+    def __iter__(self) -> Iterator[Any]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def nextset(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        self._rows = []
+
+
+async def _take(stream: AsyncIterator[Any], n: int) -> list[Any]:
+    rows: list[Any] = []
+    async for row in stream:
+        rows.append(row)
+        if len(rows) >= n:
+            break
+    return rows
+
+
+async def _release(pool: ReadPool, conn: AsyncConnection[Any], stream: Any) -> None:
+    try:
+        if stream is not None:
+            await stream.aclose()  # psycopg cancels an unfinished query
+    finally:
+        await pool.putconn(conn)
+
+
+def _release_later(loop: asyncio.AbstractEventLoop, pool: ReadPool,
+                   conn: AsyncConnection[Any], stream: Any) -> None:
+    """Return a streaming cursor's connection from outside the bridge (GC)."""
+    if loop.is_closed():
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        loop.create_task(_release(pool, conn, stream))
+    else:
+        loop.call_soon_threadsafe(lambda: loop.create_task(_release(pool, conn, stream)))
+
+
+class StreamingBridgeCursor(BridgeCursor):
+    """Streams a result on one held connection (``iterator()``, ``aiterator()``)."""
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(alias)
+        self._held: tuple[asyncio.AbstractEventLoop, ReadPool, AsyncConnection[Any], Any] | None = None
+        self._done = True
+        self._finalizer: weakref.finalize | None = None
+
+    def execute(self, query: Any, params: Any = None) -> StreamingBridgeCursor:
+        self.close()
+        pool = _pool_for(self.alias)
+        conn = await_only(pool.getconn())
+        stream = None
+        try:
+            cur = conn.cursor()
+            stream = cur.stream(query, params, size=STREAM_CHUNK)
+            first = await_only(_take(stream, STREAM_CHUNK))
+            self.description = cur.description
+            self.statusmessage = cur.statusmessage
+            self._query = cur._query
+        except BaseException:
+            await_only(_release(pool, conn, stream))
+            raise
+        self._rows, self._pos = first, 0
+        self._done = len(first) < STREAM_CHUNK
+        if self._done:
+            await_only(_release(pool, conn, stream))
+        else:
+            loop = asyncio.get_running_loop()
+            self._held = (loop, pool, conn, stream)
+            # Safety net: an abandoned cursor still returns its connection.
+            self._finalizer = weakref.finalize(self, _release_later, loop, pool, conn, stream)
+        self.rowcount = -1
+        return self
+
+    def _fill(self, wanted: int) -> None:
+        while not self._done and len(self._rows) - self._pos < wanted:
+            assert self._held is not None
+            more = await_only(_take(self._held[3], max(STREAM_CHUNK, wanted)))
+            if self._pos:
+                self._rows, self._pos = self._rows[self._pos:], 0
+            self._rows.extend(more)
+            if len(more) < max(STREAM_CHUNK, wanted):
+                self._done = True
+                self.close_stream()
+
+    def fetchone(self) -> Any:
+        self._fill(1)
+        return super().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        self._fill(size or self.arraysize)
+        return super().fetchmany(size)
+
+    def fetchall(self) -> list[Any]:
+        while not self._done:
+            self._fill(len(self._rows) - self._pos + STREAM_CHUNK)
+        return super().fetchall()
+
+    def close_stream(self) -> None:
+        held, self._held = self._held, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if held is None:
+            return
+        loop, pool, conn, stream = held
+        if in_bridge():
+            await_only(_release(pool, conn, stream))
+        else:
+            _release_later(loop, pool, conn, stream)
+
+    def close(self) -> None:
+        self.close_stream()
+        super().close()
+

@@ -1,0 +1,271 @@
+"""Django's async ORM on the pool: dispatch of the ``a*`` QuerySet methods.
+
+Every async read of Django's QuerySet (``aget``, ``acount``, ``async for`` ...)
+is a ``sync_to_async`` wrapper around its sync twin. A queryset knows the alias
+it will read from before it runs (``qs.db`` asks the routers), so each method is
+replaced by one that looks at that alias: a pool alias runs the sync twin in the
+bridge (on the event loop, on the async pool); any other alias takes Django's
+own method, unchanged.
+
+Installed by the app's ``ready()`` unless ``READONLY_POOL["ASYNC_ORM"]`` is
+False; :func:`uninstall` restores Django's methods.
+
+Async *writes* (``acreate``, ``aupdate`` ...) keep Django's path; one aimed at a
+pool alias with ``.using()`` is refused at once with a clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from itertools import islice
+from typing import Any, Final
+
+from django.db import connections
+from django.db import models as dj_models
+from django.db import router as dj_router
+from django.db.models import query as dj_query
+from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objects
+
+from . import bridge
+from .conf import ENGINE, app_settings
+from .errors import ReadOnlyAliasError
+
+__all__ = [
+    "bridge_reads_now",
+    "install",
+    "installed",
+    "is_pool_alias",
+    "pool_aliases",
+    "uninstall",
+]
+
+READ_METHODS: Final = {
+    "aget": "get", "afirst": "first", "alast": "last", "acount": "count",
+    "aexists": "exists", "aaggregate": "aggregate", "ain_bulk": "in_bulk",
+    "acontains": "contains", "aearliest": "earliest", "alatest": "latest",
+    "aexplain": "explain",
+}
+WRITE_METHODS: Final = (
+    "acreate", "abulk_create", "abulk_update", "aget_or_create", "aupdate_or_create",
+    "aupdate", "adelete",
+)
+
+_stock: dict[tuple[object, str], Any] = {}
+_engine_of: dict[str, bool] = {}
+_test_mirrors: dict[str, str] = {}
+
+
+# --------------------------------------------------------------------------- #
+# Which aliases take the bridge
+# --------------------------------------------------------------------------- #
+
+
+def _uses_engine(alias: str) -> bool:
+    try:
+        return _engine_of[alias]
+    except KeyError:
+        settings_dict = connections.settings.get(alias)
+        result = _engine_of[alias] = bool(settings_dict and settings_dict.get("ENGINE") == ENGINE)
+        return result
+
+
+def pool_aliases() -> list[str]:
+    """Every alias whose ENGINE is ``django_readonly_pool.backend``."""
+    return [alias for alias in connections.settings if _uses_engine(alias)]
+
+
+def is_pool_alias(alias: str | None) -> bool:
+    """True when reads on *alias* take the bridge (a pool alias, not mirrored in tests)."""
+    return alias is not None and _uses_engine(alias) and alias not in _test_mirrors
+
+
+def activate_test_mirror(alias: str, mirror: str) -> None:
+    """Called when Django's test runner sets *alias* up as a mirror of *mirror*."""
+    if app_settings().tests_read_primary:
+        _test_mirrors[alias] = mirror
+
+
+def test_mirror_of(alias: str) -> str | None:
+    return _test_mirrors.get(alias)
+
+
+def forget_engines(**kwargs: Any) -> None:
+    """``setting_changed`` receiver (DATABASES)."""
+    if kwargs.get("setting") in (None, "DATABASES"):
+        _engine_of.clear()
+
+
+def bridge_reads_now() -> bool:
+    """True when a read issued here and now would go to a pool alias."""
+    from .router import current_read_alias
+
+    return is_pool_alias(current_read_alias())
+
+
+# --------------------------------------------------------------------------- #
+# The replacements
+# --------------------------------------------------------------------------- #
+
+
+def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(stock)
+    async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
+        if is_pool_alias(self.db):
+            return await bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
+        return await stock(self, *args, **kwargs)
+
+    return method
+
+
+def _write_method(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(stock)
+    async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
+        if self._db is not None and _uses_engine(self._db):
+            raise _write_refused(name, self._db)
+        return await stock(self, *args, **kwargs)
+
+    return method
+
+
+def _write_refused(name: str, alias: str) -> ReadOnlyAliasError:
+    return ReadOnlyAliasError(
+        f"{name}() refused on the read-only alias {alias!r}: it serves reads only. Send writes "
+        f"to the primary: drop .using({alias!r}) and let django_readonly_pool.router.ReadOnlyRouter "
+        "route them, or use .using('default')."
+    )
+
+
+def _aiter(self: QuerySet[Any]) -> AsyncIterator[Any]:
+    if self._result_cache is None and is_pool_alias(self.db):
+        async def generator() -> AsyncIterator[Any]:
+            if self._result_cache is None:
+                await bridge.call_in_bridge(self._fetch_all, (), {})
+            for item in self._result_cache:  # type: ignore[union-attr]
+                yield item
+
+        return generator()
+    return _stock[(QuerySet, "__aiter__")](self)  # type: ignore[no-any-return]
+
+
+def _raw_aiter(self: RawQuerySet[Any]) -> AsyncIterator[Any]:
+    if self._result_cache is None and is_pool_alias(self.db):
+        async def generator() -> AsyncIterator[Any]:
+            if self._result_cache is None:
+                await bridge.call_in_bridge(self._fetch_all, (), {})
+            for item in self._result_cache:  # type: ignore[union-attr]
+                yield item
+
+        return generator()
+    return _stock[(RawQuerySet, "__aiter__")](self)  # type: ignore[no-any-return]
+
+
+def _take(iterator: Any, n: int) -> list[Any]:
+    return list(islice(iterator, n))
+
+
+async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterator[Any]:
+    """``aiterator()``: streams from one held connection, in chunks, on the bridge."""
+    if not is_pool_alias(self.db):
+        async for item in _stock[(QuerySet, "aiterator")](self, chunk_size):
+            yield item
+        return
+    if chunk_size <= 0:
+        raise ValueError("Chunk size must be strictly positive.")
+    # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
+    # workaround for WITH HOLD cursors) does not turn it off here.
+    iterable = self._iterable_class(self, chunked_fetch=True, chunk_size=chunk_size)
+    rows = iter(iterable)
+    lookups = self._prefetch_related_lookups
+    run = bridge.call_in_bridge
+    try:
+        while True:
+            chunk = await run(_take, (rows, chunk_size), {})
+            if lookups and chunk:
+                await run(prefetch_related_objects, (chunk, *lookups), {})
+            for item in chunk:
+                yield item
+            if len(chunk) < chunk_size:
+                break
+    finally:
+        # Ends the stream (and returns its connection) when the iteration
+        # ends, fails, or is abandoned.
+        await run(getattr(rows, "close", _noop), (), {})
+
+
+def _noop() -> None:
+    return None
+
+
+async def _aprefetch_related_objects(model_instances: Any, *related_lookups: Any) -> Any:
+    instances = list(model_instances)
+    if instances and is_pool_alias(dj_router.db_for_read(type(instances[0]), instance=instances[0])):
+        return await bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {})
+    return await _stock[(dj_query, "aprefetch_related_objects")](instances, *related_lookups)
+
+
+async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fields: Any = None,
+                            from_queryset: Any = None) -> None:
+    if from_queryset is not None:
+        alias = from_queryset.db
+    else:
+        alias = using or dj_router.db_for_read(type(self), instance=self)
+    if is_pool_alias(alias):
+        return await bridge.call_in_bridge(  # type: ignore[no-any-return]
+            self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}
+        )
+    return await _stock[(dj_models.Model, "arefresh_from_db")](  # type: ignore[no-any-return]
+        self, using=using, fields=fields, from_queryset=from_queryset
+    )
+
+
+def _model_write(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(stock)
+    async def method(self: dj_models.Model, *args: Any, **kwargs: Any) -> Any:
+        using = kwargs.get("using")
+        if using is not None and _uses_engine(using):
+            raise _write_refused(name, using)
+        return await stock(self, *args, **kwargs)
+
+    return method
+
+
+# --------------------------------------------------------------------------- #
+# Install / uninstall
+# --------------------------------------------------------------------------- #
+
+
+def _patch(owner: object, name: str, value: Any) -> None:
+    _stock.setdefault((owner, name), getattr(owner, name))
+    setattr(owner, name, value)
+
+
+def installed() -> bool:
+    return bool(_stock)
+
+
+def install() -> None:
+    """Replace Django's async ORM reads by bridge-aware ones (idempotent)."""
+    if _stock:
+        return
+    for name, sync_name in READ_METHODS.items():
+        if hasattr(QuerySet, name):
+            _patch(QuerySet, name, _read_method(name, sync_name, getattr(QuerySet, name)))
+    for name in WRITE_METHODS:
+        if hasattr(QuerySet, name):
+            _patch(QuerySet, name, _write_method(name, getattr(QuerySet, name)))
+    _patch(QuerySet, "__aiter__", _aiter)
+    _patch(RawQuerySet, "__aiter__", _raw_aiter)
+    _patch(QuerySet, "aiterator", functools.wraps(QuerySet.aiterator)(_aiterator))
+    _patch(dj_query, "aprefetch_related_objects", _aprefetch_related_objects)
+    _patch(dj_models, "aprefetch_related_objects", _aprefetch_related_objects)
+    _patch(dj_models.Model, "arefresh_from_db", _arefresh_from_db)
+    for name in ("asave", "adelete"):
+        _patch(dj_models.Model, name, _model_write(name, getattr(dj_models.Model, name)))
+
+
+def uninstall() -> None:
+    """Restore Django's own methods."""
+    for (owner, name), value in _stock.items():
+        setattr(owner, name, value)
+    _stock.clear()

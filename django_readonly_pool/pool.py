@@ -1,0 +1,677 @@
+"""The read pool: a psycopg ``AsyncConnectionPool`` with the guide's semantics.
+
+:class:`ReadPool` subclasses psycopg_pool's ``AsyncConnectionPool`` (3.3) and
+keeps its machinery (background connects, max lifetime, stats), changing what
+the reference's variables need:
+
+* **PREWARM** opens all ``POOL_SIZE`` connections *in parallel* and verifies
+  each with a round trip to the server, within ``PREWARM_TIMEOUT``; on failure
+  it raises :class:`~django_readonly_pool.errors.PrewarmFailed` naming the
+  server and the cause.
+* **POOL_SKIP_ROLLBACK** true: nothing is sent on return. False: one round trip
+  resets the session (``RESET ALL`` then Django's session settings again). An
+  open transaction (``AUTOCOMMIT`` false) is always rolled back, so no
+  borrower ever inherits one.
+* **PRE_PING** checks a connection before handing it out unless it was used
+  less than ``PRE_PING_INTERVAL`` ago; each check is bounded by
+  ``CHECK_TIMEOUT``; the first dead connection found triggers a background
+  check of all idle ones, and the checkout moves on without psycopg's back-off
+  sleep. A read whose unpinged connection turns out dead is retried once.
+* **MAX_OVERFLOW** connections are closed once idle for
+  ``OVERFLOW_IDLE_TIMEOUT`` (all of them, not one per ``max_idle``).
+* Checkout and putback take a lock-free fast path when a connection is ready
+  and nobody waits (asyncio code between two awaits cannot interleave).
+
+:data:`registry` keeps one pool per event loop and alias: a pool belongs to the
+loop it was opened on. Pools of a loop are closed when the loop shuts its tasks
+down (``asyncio.run``, ``async_to_sync``) or through :func:`close_pools`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from time import monotonic
+from typing import Any, Final
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
+
+from .conf import ConnectionTarget, PoolSettings
+from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
+
+__all__ = ["ReadPool", "SessionSetup", "close_pools", "open_pools", "registry"]
+
+logger = logging.getLogger("django_readonly_pool")
+
+_IDLE: Final = TransactionStatus.IDLE
+_INTRANS: Final = TransactionStatus.INTRANS
+_INERROR: Final = TransactionStatus.INERROR
+_BAD: Final = ConnStatus.BAD
+_RECONNECT_DELAY_CAP: Final = 2.0  # seconds between reconnect attempts, at most
+_RECENT_ERROR_WINDOW: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSetup:
+    """What a new connection needs to match Django's own (see the backend)."""
+
+    timezone_name: str | None
+    assume_role: str | None
+    isolation_level: int | None
+    secrets: tuple[str, ...] = ()
+
+    def configure_sql(self, current_timezone: str | None) -> sql.Composed | None:
+        parts: list[sql.Composable] = []
+        if self.timezone_name and current_timezone != self.timezone_name:
+            parts.append(
+                sql.SQL("SELECT pg_catalog.set_config('TimeZone', {}, false)").format(
+                    sql.Literal(self.timezone_name)
+                )
+            )
+        if self.assume_role:
+            parts.append(sql.SQL("SET ROLE {}").format(sql.Literal(self.assume_role)))
+        return sql.SQL("; ").join(parts) if parts else None
+
+    def scrub(self, text: str) -> str:
+        """*text* with every secret replaced by the mask."""
+        for secret in self.secrets:
+            if secret:
+                text = text.replace(secret, "********")
+        return text
+
+
+class _CappedBackoff(AttemptWithBackoff):
+    """psycopg's reconnect back-off, capped so a returning server is used at once."""
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, _RECONNECT_DELAY_CAP)
+
+
+def _shutdown_socket(fileno: int) -> None:
+    """Make a stuck connection fail now, without closing its file descriptor.
+
+    ``shutdown()`` wakes the waiting reader with end-of-file; libpq then marks
+    the connection bad and psycopg raises. Closing the descriptor instead would
+    race with its reuse by another connection.
+    """
+    with contextlib.suppress(OSError):
+        sock = socket.socket(fileno=fileno)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.detach()
+
+
+class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
+    """The async read pool of one alias on one event loop."""
+
+    def __init__(
+        self,
+        alias: str,
+        settings: PoolSettings,
+        target: ConnectionTarget,
+        connect_kwargs: dict[str, Any],
+        session: SessionSetup,
+        *,
+        on_server_version: Callable[[int], None] | None = None,
+    ) -> None:
+        self.alias = alias
+        self.settings = settings
+        self.target = target
+        self.session = session
+        self._on_server_version = on_server_version
+        self._ping_interval = settings.pre_ping_interval
+        self._check_timeout = settings.check_timeout
+        self._query_timeout = settings.query_timeout
+        self._flushing: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._skip_initial_fill = False
+        self._reset_sql: sql.Composable | None = None
+        self._last_connect_error: tuple[float, str] | None = None
+        self.prewarmed = False
+        self.prewarm_seconds: float | None = None
+        self.opened_at: float | None = None
+        self.server_version: int | None = None
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
+             "query_timeouts", "checkout_timeouts", "overflow_closed", "statements"),
+            0,
+        )
+        super().__init__(
+            kwargs=connect_kwargs,
+            min_size=settings.pool_size,
+            max_size=settings.max_size,
+            open=False,
+            configure=self._configure,
+            check=self._check if settings.pre_ping else None,
+            reset=None if settings.pool_skip_rollback else self._reset_session,
+            name=f"readonly-pool[{alias}]",
+            timeout=settings.checkout_timeout,
+            max_lifetime=settings.max_lifetime,
+            # psycopg's own shrinking (one connection per max_idle) is replaced
+            # by the overflow reaper below.
+            max_idle=86_400.0,
+            reconnect_timeout=86_400.0,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<ReadPool {self.alias!r} {self.target.describe()} size={self._nconns}"
+            f" available={len(self._pool)} closed={self.closed}>"
+        )
+
+    # -- connections -------------------------------------------------------- #
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            message = self.session.scrub(str(exc).strip())
+            first = self._last_connect_error is None
+            self._last_connect_error = (monotonic(), message)
+            if first:
+                logger.warning(
+                    "readonly pool %r cannot connect to %s: %s",
+                    self.alias, self.target.describe(), message,
+                )
+            raise
+        if self._last_connect_error is not None:
+            logger.info("readonly pool %r connects to %s again", self.alias, self.target.describe())
+            self._last_connect_error = None
+        return conn
+
+    async def _configure(self, conn: AsyncConnection[Any]) -> None:
+        """Make a new connection match Django's own (time zone, role, isolation)."""
+        if self.server_version is None:
+            self.server_version = conn.info.server_version
+            if self._on_server_version is not None:
+                self._on_server_version(self.server_version)
+        tz = conn.info.parameter_status("TimeZone")
+        statement = self.session.configure_sql(tz)
+        if statement is not None:
+            await conn.execute(statement)
+        if self.session.isolation_level is not None:
+            await conn.set_isolation_level(self.session.isolation_level)  # type: ignore[arg-type]
+        if conn.info.transaction_status != _IDLE:
+            await conn.commit()
+        if self._reset_sql is None:
+            # RESET ALL returns the session to its connect-time values, so the
+            # settings applied above must follow it.
+            parts: list[sql.Composable] = [sql.SQL("RESET ALL")]
+            again = self.session.configure_sql(tz)
+            if again is not None:
+                parts.append(again)
+            self._reset_sql = sql.SQL("; ").join(parts)
+        conn._rop_used_at = monotonic()  # just verified by connecting  # type: ignore[attr-defined]
+
+    async def _reset_session(self, conn: AsyncConnection[Any]) -> None:
+        """POOL_SKIP_ROLLBACK false: one round trip back to a clean session."""
+        assert self._reset_sql is not None
+        if conn.autocommit:
+            await conn.execute(self._reset_sql)
+        else:
+            await conn.set_autocommit(True)  # client-side only while IDLE
+            try:
+                await conn.execute(self._reset_sql)
+            finally:
+                await conn.set_autocommit(False)
+
+    # -- checks --------------------------------------------------------------- #
+
+    async def _check(self, conn: AsyncConnection[Any]) -> None:
+        """The PRE_PING check: skipped for recently used connections."""
+        if monotonic() - conn._rop_used_at < self._ping_interval:  # type: ignore[attr-defined]
+            self.counters["checks_skipped"] += 1
+            return
+        await self.check_connection(conn)
+
+    async def check_connection(self, conn: AsyncConnection[Any]) -> None:  # type: ignore[override]
+        """One empty query, bounded by CHECK_TIMEOUT (also used by :meth:`check`)."""
+        self.counters["checks"] += 1
+        handle = asyncio.get_running_loop().call_later(
+            self._check_timeout, _shutdown_socket, conn.pgconn.socket
+        )
+        try:
+            if conn.autocommit:
+                await conn.execute("")
+            else:
+                await conn.set_autocommit(True)
+                try:
+                    await conn.execute("")
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.set_autocommit(False)
+        except Exception:
+            self.counters["checks_failed"] += 1
+            raise
+        finally:
+            handle.cancel()
+
+    def flush_stale(self) -> None:
+        """Check every idle connection in the background (once at a time)."""
+        if self._flushing is None or self._flushing.done():
+            self.counters["flushes"] += 1
+            logger.info("readonly pool %r: dead connection found, checking idle ones", self.alias)
+            self._flushing = asyncio.get_running_loop().create_task(self.check())
+
+    async def _getconn_with_check_loop(self, deadline: float) -> AsyncConnection[Any]:
+        # psycopg sleeps 1, 2, 4 ... s after each failed check; here a failed
+        # check flushes the idle connections and the loop goes on at once (the
+        # next attempt gets a connection checked by the flush, or a new one).
+        while True:
+            conn = await self._getconn_unchecked(deadline - monotonic())
+            try:
+                await self._check_connection(conn)
+            except Exception:  # noqa: BLE001 - a failed check: discard, flush, go on
+                await self._putconn(conn, from_getconn=True)
+                self.flush_stale()
+                continue
+            except BaseException:
+                await self._putconn(conn, from_getconn=True)
+                raise
+            return conn
+
+    # -- checkout ------------------------------------------------------------- #
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        pool = self._pool
+        if pool and not self._waiting and not self._closed:
+            # Fast path: no await between the test and the pop, so no other
+            # task can interleave; fairness holds because nobody waits.
+            conn = pool.popleft()
+            self._nconns_min = min(self._nconns_min, len(pool))
+            self._stats["requests_num"] += 1
+            conn._pool = self
+            if self._check is None or monotonic() - conn._rop_used_at < self._ping_interval:  # type: ignore[attr-defined]
+                if self._check is not None:
+                    self.counters["checks_skipped"] += 1
+                return conn
+            try:
+                await self.check_connection(conn)
+            except Exception:  # noqa: BLE001 - a failed check: take the slow path
+                await self._putconn(conn, from_getconn=True)
+                self.flush_stale()
+            except BaseException:
+                await self._putconn(conn, from_getconn=True)
+                raise
+            else:
+                return conn
+        try:
+            return await super().getconn(timeout)
+        except PoolTimeout:
+            raise self._timeout_error(timeout) from None
+
+    def _timeout_error(self, timeout: float | None) -> Exception:
+        waited = self.timeout if timeout is None else timeout
+        error = self._last_connect_error
+        if error is not None and monotonic() - error[0] < max(_RECENT_ERROR_WINDOW, waited * 2):
+            return ReplicaUnavailable(
+                f"read-only alias {self.alias!r}: no connection to {self.target.describe()} "
+                f"within {waited:g} s; the last attempt to connect failed: {error[1]}"
+            )
+        self.counters["checkout_timeouts"] += 1
+        s = self.settings
+        return PoolExhausted(
+            f"read-only alias {self.alias!r}: connection pool exhausted, no connection became "
+            f"free within {waited:g} s. All {self._nconns} of {s.max_size} connections "
+            f"(POOL_SIZE={s.pool_size} + MAX_OVERFLOW={s.max_overflow}) were busy and "
+            f"{len(self._waiting)} other requests were waiting. Raise "
+            "FIDES__DATABASE__ASYNC_READONLY_DATABASE_POOL_SIZE or _MAX_OVERFLOW, look for "
+            "slow queries, or tune _CHECKOUT_TIMEOUT (the wait)."
+        )
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        status = conn.pgconn.transaction_status
+        if status in (_INTRANS, _INERROR):
+            # AUTOCOMMIT false: end the read transaction here, quietly (psycopg
+            # would log a warning for each one).
+            try:
+                await conn.rollback()
+            except Exception:  # noqa: BLE001 - the pool discards it below
+                pass
+            status = conn.pgconn.transaction_status
+        now = monotonic()
+        conn._rop_used_at = now  # type: ignore[attr-defined]
+        if (
+            status == _IDLE
+            and conn._pool is self
+            and self._reset is None
+            and not self._waiting
+            and not self._closed
+            and self._pool_full_event is None
+            and conn._expire_at > now  # type: ignore[attr-defined]
+            and conn._created_at > self._drained_at  # type: ignore[attr-defined]
+        ):
+            conn._pool = None
+            if (
+                self.settings.overflow_idle_timeout == 0
+                and self._nconns > self._min_size
+                and len(self._pool) >= self._min_size
+            ):
+                # An overflow connection with POOL_SIZE idle ones beside it.
+                self._nconns -= 1
+                self.counters["overflow_closed"] += 1
+                await conn.close()
+                return
+            self._pool.append(conn)
+            return
+        # Slow path (hand-over to a waiter, reset, expiry, broken): psycopg's,
+        # shielded so that a second cancellation cannot lose the connection.
+        await asyncio.shield(super().putconn(conn))
+
+    # -- open, prewarm, close ------------------------------------------------ #
+
+    def _start_initial_tasks(self) -> None:
+        if self._skip_initial_fill:
+            return  # prewarm connects them itself, in parallel
+        super()._start_initial_tasks()
+
+    async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        await super()._add_connection(
+            attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing=growing
+        )
+
+    async def start(self) -> None:
+        """Open the pool; with PREWARM, wait until every connection is verified."""
+        if not self.settings.prewarm:
+            await self.open(wait=False)
+            self._after_open()
+            return
+        self._skip_initial_fill = True
+        await self.open(wait=False)
+        try:
+            await self._prewarm()
+        except BaseException:
+            await self.close(timeout=1.0)
+            raise
+        self._after_open()
+
+    def _after_open(self) -> None:
+        self.opened_at = time.time()
+        if self.settings.overflow_idle_timeout > 0 and self.settings.max_overflow > 0:
+            self._reaper = asyncio.get_running_loop().create_task(
+                self._reap_overflow(), name=f"{self.name}-overflow-reaper"
+            )
+
+    async def _prewarm_one(self) -> AsyncConnection[Any]:
+        conn = await self._connect()
+        try:
+            await conn.execute("")  # a round trip to the server (also through PgBouncer)
+            if conn.info.transaction_status != _IDLE:
+                await conn.rollback()
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _prewarm(self) -> None:
+        n = self._min_size
+        started = monotonic()
+        logger.info("readonly pool %r: prewarming %d connections to %s", self.alias, n,
+                    self.target.describe())
+        tasks = [asyncio.ensure_future(self._prewarm_one()) for _ in range(n)]
+        _, pending = await asyncio.wait(tasks, timeout=self.settings.prewarm_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        conns: list[AsyncConnection[Any]] = []
+        errors: list[BaseException] = []
+        for task in tasks:
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is None:
+                conns.append(task.result())
+            else:
+                errors.append(exc)
+        elapsed = monotonic() - started
+        if len(conns) == n:
+            for conn in conns:
+                conn._rop_used_at = monotonic()  # type: ignore[attr-defined]
+                await self._add_to_pool(conn)
+            self.prewarmed = True
+            self.prewarm_seconds = elapsed
+            logger.info("readonly pool %r: %d connections prewarmed in %.3f s", self.alias, n, elapsed)
+            return
+        for conn in conns:
+            await conn.close()
+        if errors:
+            cause = self.session.scrub(str(errors[0]).strip()) or type(errors[0]).__name__
+        else:
+            cause = f"the server did not accept {n} connections in time"
+        message = (
+            f"prewarm of the read-only pool {self.alias!r} failed: {len(conns)} of {n} connections "
+            f"to {self.target.describe()} ready after {elapsed:.1f} s "
+            f"(FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM_TIMEOUT="
+            f"{self.settings.prewarm_timeout:g}); cause: {cause}"
+        )
+        logger.error("%s", message)
+        raise PrewarmFailed(message)
+
+    async def _reap_overflow(self) -> None:
+        """Close overflow connections that stayed idle for a whole period."""
+        period = self.settings.overflow_idle_timeout
+        while not self._closed:
+            self._nconns_min = len(self._pool)
+            await asyncio.sleep(period)
+            surplus = min(self._nconns_min, self._nconns - self._min_size, len(self._pool))
+            to_close = []
+            for _ in range(max(0, surplus)):
+                to_close.append(self._pool.pop())
+                self._nconns -= 1
+            for conn in to_close:
+                self.counters["overflow_closed"] += 1
+                await self._close_connection(conn)
+            if to_close:
+                logger.info("readonly pool %r: closed %d idle overflow connections (size %d)",
+                            self.alias, len(to_close), self._nconns)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        for task in (self._reaper, self._flushing):
+            if task is not None and not task.done():
+                task.cancel()
+        await super().close(timeout)
+
+    # -- statements --------------------------------------------------------- #
+
+    async def execute(
+        self, query: Any, params: Sequence[Any] | None
+    ) -> tuple[Any, list[Any] | None, int, Any, str | None]:
+        """Run one statement on a borrowed connection and return it at once.
+
+        Returns ``(description, rows, rowcount, psycopg query, status message)``.
+        """
+        self.counters["statements"] += 1
+        retried = False
+        while True:
+            conn = await self.getconn()
+            pinged = monotonic() - conn._rop_used_at >= self._ping_interval  # type: ignore[attr-defined]
+            timer = None
+            try:
+                cur = conn.cursor()
+                if self._query_timeout:
+                    timer = asyncio.get_running_loop().call_later(
+                        self._query_timeout, _shutdown_socket, conn.pgconn.socket
+                    )
+                await cur.execute(query, params)
+                description = cur.description
+                rows = await cur.fetchall() if description is not None else None
+                return description, rows, cur.rowcount, cur._query, cur.statusmessage
+            except psycopg.OperationalError as exc:
+                if timer is not None and timer.when() <= asyncio.get_running_loop().time():
+                    self.counters["query_timeouts"] += 1
+                    raise QueryTimeout(
+                        f"read-only alias {self.alias!r}: statement exceeded "
+                        f"FIDES__DATABASE__ASYNC_READONLY_DATABASE_QUERY_TIMEOUT="
+                        f"{self._query_timeout:g} s; its connection was closed"
+                    ) from None
+                if conn.pgconn.status == _BAD and not retried and (not pinged or self._check is None):
+                    # The connection died while idle and was not pinged (used
+                    # recently): flush its peers and retry this read once.
+                    retried = True
+                    self.counters["retries"] += 1
+                    self.flush_stale()
+                    continue
+                raise exc.with_traceback(None) from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                await self.putconn(conn)
+
+    def get_stats(self) -> dict[str, int]:
+        stats = super().get_stats()
+        stats.update(self.counters)
+        return stats
+
+
+# --------------------------------------------------------------------------- #
+# Registry: one pool per (event loop, alias)
+# --------------------------------------------------------------------------- #
+
+PoolFactory = Callable[[str], ReadPool]
+
+
+class _LoopPools:
+    __slots__ = ("loop", "opening", "pools", "sentinel")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pools: dict[str, ReadPool] = {}
+        self.opening: dict[str, asyncio.Future[ReadPool]] = {}
+        self.sentinel: asyncio.Task[None] | None = None
+
+
+class PoolRegistry:
+    """Pools by event loop and alias, opened lazily or by :func:`open_pools`."""
+
+    def __init__(self) -> None:
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopPools] = {}
+        self._last: _LoopPools | None = None
+        self._pid = os.getpid()
+        self._graveyard: list[Any] = []
+        self.factory: PoolFactory | None = None
+
+    def _for_loop(self, loop: asyncio.AbstractEventLoop) -> _LoopPools:
+        last = self._last
+        if last is not None and last.loop is loop:
+            return last
+        if self._pid != os.getpid():
+            self._after_fork()
+        lp = self._loops.get(loop)
+        if lp is None:
+            for stale in [other for other in self._loops if other.is_closed()]:
+                del self._loops[stale]
+            lp = self._loops[loop] = _LoopPools(loop)
+            lp.sentinel = loop.create_task(self._close_at_shutdown(lp), name="readonly-pool-closer")
+        self._last = lp
+        return lp
+
+    def ready(self, alias: str) -> ReadPool | None:
+        """The open pool of *alias* on the running loop, or None (sync, cheap)."""
+        lp = self._for_loop(asyncio.get_running_loop())
+        return lp.pools.get(alias)
+
+    async def get(self, alias: str) -> ReadPool:
+        """The pool of *alias* on the running loop, opening it if needed."""
+        lp = self._for_loop(asyncio.get_running_loop())
+        pool = lp.pools.get(alias)
+        if pool is not None:
+            return pool
+        future = lp.opening.get(alias)
+        if future is None:
+            future = lp.loop.create_future()
+            lp.opening[alias] = future
+            try:
+                assert self.factory is not None, "django_readonly_pool app not ready"
+                pool = self.factory(alias)
+                await pool.start()
+            except BaseException as exc:
+                del lp.opening[alias]
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning
+                raise
+            lp.pools[alias] = pool
+            del lp.opening[alias]
+            future.set_result(pool)
+            return pool
+        return await asyncio.shield(future)
+
+    def pools(self, loop: asyncio.AbstractEventLoop | None = None) -> dict[str, ReadPool]:
+        """The open pools of *loop* (default: the running loop)."""
+        loop = loop or asyncio.get_running_loop()
+        lp = self._loops.get(loop)
+        return dict(lp.pools) if lp else {}
+
+    def all_pools(self) -> list[ReadPool]:
+        return [p for lp in list(self._loops.values()) for p in lp.pools.values()]
+
+    async def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()
+        lp = self._loops.pop(loop, None)
+        if self._last is lp:
+            self._last = None
+        if lp is None:
+            return
+        if lp.sentinel is not None and lp.sentinel is not asyncio.current_task():
+            lp.sentinel.cancel()
+        await _close_all(lp)
+
+    async def _close_at_shutdown(self, lp: _LoopPools) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            if self._loops.get(lp.loop) is lp:
+                del self._loops[lp.loop]
+                if self._last is lp:
+                    self._last = None
+            await _close_all(lp)
+            raise
+
+    def _after_fork(self) -> None:
+        # A forked child must not use (or finalize) its parent's sockets: keep
+        # the objects alive, unused, and start afresh.
+        self._graveyard.append(self._loops)
+        self._loops = {}
+        self._last = None
+        self._pid = os.getpid()
+
+
+async def _close_all(lp: _LoopPools) -> None:
+    pools, lp.pools = list(lp.pools.values()), {}
+    for pool in pools:
+        with contextlib.suppress(Exception):
+            await pool.close(timeout=2.0)
+
+
+registry: Final = PoolRegistry()
+os.register_at_fork(after_in_child=registry._after_fork)
+
+
+async def open_pools(aliases: Sequence[str] | None = None) -> dict[str, ReadPool]:
+    """Open (and prewarm, as configured) the pools of *aliases* on this loop.
+
+    Default: every alias whose ENGINE is ``django_readonly_pool.backend``.
+    Raises :class:`~django_readonly_pool.errors.PrewarmFailed` when prewarm fails.
+    """
+    from .orm import pool_aliases
+
+    names = list(aliases) if aliases is not None else pool_aliases()
+    opened = await asyncio.gather(*(registry.get(a) for a in names))
+    return dict(zip(names, opened, strict=True))
+
+
+async def close_pools() -> None:
+    """Close every pool of the running loop (their connections close too)."""
+    await registry.close()

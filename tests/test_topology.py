@@ -1,0 +1,120 @@
+"""The test servers: primary, streaming replica, PgBouncer; clean start and stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from django_readonly_pool.testing.topology import (
+    PGBOUNCER_FAIL_FAST,
+    Topology,
+    TopologyError,
+    find_pg_bindir,
+)
+
+
+def _processes_under(base: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if base in line and "ps -eo" not in line
+            and "_watchdog" not in line]
+
+
+def test_row_written_on_primary_is_read_on_replica(topology: Topology) -> None:
+    topology.primary.sql("CREATE TABLE IF NOT EXISTS topo_probe (v text)")
+    topology.primary.sql("INSERT INTO topo_probe VALUES (%s)", ["hello"])
+    topology.wait_for_replay()
+    assert [r[0] for r in topology.replica.sql("SELECT v FROM topo_probe")] == ["hello"]
+    assert topology.replica.sql("SELECT pg_is_in_recovery()") == [(True,)]
+    assert topology.primary.sql("SELECT pg_is_in_recovery()") == [(False,)]
+
+
+def test_replica_refuses_writes(topology: Topology) -> None:
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as info:
+        topology.replica.sql("CREATE TABLE nope (i int)")
+    assert info.value.sqlstate == "25006"
+
+
+def test_streaming_replication_is_active(topology: Topology) -> None:
+    rows = topology.primary.sql("SELECT state FROM pg_stat_replication", dbname="postgres")
+    assert ("streaming",) in rows
+
+
+def test_pgbouncer_forwards_to_the_replica(topology: Topology) -> None:
+    assert topology.bouncer is not None
+    with psycopg.connect(host="127.0.0.1", port=topology.bouncer.port, user="postgres",
+                         password=topology.password, dbname="app", autocommit=True) as conn:
+        recovery, port = conn.execute("SELECT pg_is_in_recovery(), inet_server_port()").fetchone()
+    assert recovery is True and port == topology.replica.port
+    config = (topology.bouncer.workdir / "pgbouncer.ini").read_text()
+    assert "pool_mode = transaction" in config
+    for key, value in PGBOUNCER_FAIL_FAST.items():
+        assert f"{key} = {value}" in config
+
+
+def test_password_with_every_character_class_works(topology: Topology) -> None:
+    for ch in "@:/%'\"\\ é":
+        assert ch in topology.password
+    with psycopg.connect(**topology.replica.conninfo()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_explicit_bindir_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(TopologyError, match="no PostgreSQL server binaries"):
+        find_pg_bindir(tmp_path)
+    assert (find_pg_bindir() / "initdb").exists()
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from django_readonly_pool.testing.topology import Topology
+    mode = sys.argv[1]
+    topo = Topology(pgbouncer=True)
+    topo.start()
+    print(topo.base, flush=True)
+    if mode == "fail":
+        try:
+            with topo:
+                raise RuntimeError("a failing test run")
+        except RuntimeError:
+            pass
+        print("stopped", flush=True)
+    elif mode == "hang":
+        time.sleep(600)
+""")
+
+
+@pytest.mark.slow
+def test_stopped_after_a_failure_leaves_nothing(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    out = subprocess.run([sys.executable, str(script), "fail"], capture_output=True, text=True, timeout=120, check=False,
+                         env={k: v for k, v in os.environ.items() if k != "READONLY_POOL_TEST_TOPOLOGY"})
+    base = out.stdout.splitlines()[0]
+    assert out.stdout.splitlines()[1] == "stopped", out.stderr
+    assert not Path(base).exists()
+    assert _processes_under(base) == []
+
+
+@pytest.mark.slow
+def test_killed_owner_is_cleaned_up_by_the_watchdog(tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    child = subprocess.Popen([sys.executable, str(script), "hang"], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    base = child.stdout.readline().strip()
+    assert Path(base).exists() and _processes_under(base)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (Path(base).exists() or _processes_under(base)):
+        time.sleep(0.2)
+    assert not Path(base).exists()
+    assert _processes_under(base) == []
