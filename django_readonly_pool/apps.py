@@ -12,7 +12,7 @@ class ReadOnlyPoolConfig(AppConfig):
     verbose_name = "Read-only pool"
 
     def ready(self) -> None:
-        from . import orm
+        from . import checks, orm
         from .conf import app_settings, reset_app_settings
         from .errors import ConfigurationError
         from .pool import registry
@@ -28,7 +28,7 @@ class ReadOnlyPoolConfig(AppConfig):
             async_orm = True  # the system check reports the bad setting
         if async_orm:
             orm.install()
-        del start_scope
+        del start_scope, checks  # checks registered themselves on import
 
 
 def _start_scope(**kwargs: object) -> None:

@@ -175,9 +175,10 @@ async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterat
     # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
     # workaround for WITH HOLD cursors) does not turn it off here.
     iterable = self._iterable_class(self, chunked_fetch=True, chunk_size=chunk_size)
-    rows = iter(iterable)
-    lookups = self._prefetch_related_lookups
     run = bridge.call_in_bridge
+    # Some iterables (values_list) run their query in __iter__: start it in the bridge.
+    rows = await run(iter, (iterable,), {})
+    lookups = self._prefetch_related_lookups
     try:
         while True:
             chunk = await run(_take, (rows, chunk_size), {})

@@ -35,6 +35,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import monotonic
@@ -43,8 +44,9 @@ from typing import Any, Final
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.pq import ConnStatus, TransactionStatus
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
+from psycopg_pool.pool_async import ReturnConnection, StopWorker
 
 from .conf import ConnectionTarget, PoolSettings
 from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
@@ -139,6 +141,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._skip_initial_fill = False
         self._reset_sql: sql.Composable | None = None
         self._last_connect_error: tuple[float, str] | None = None
+        self._connections: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self.in_use = 0  # connections held by clients right now
         self.prewarmed = False
         self.prewarm_seconds: float | None = None
         self.opened_at: float | None = None
@@ -189,6 +193,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         if self._last_connect_error is not None:
             logger.info("readonly pool %r connects to %s again", self.alias, self.target.describe())
             self._last_connect_error = None
+        self._connections.add(conn)
         return conn
 
     async def _configure(self, conn: AsyncConnection[Any]) -> None:
@@ -296,6 +301,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             if self._check is None or monotonic() - conn._rop_used_at < self._ping_interval:  # type: ignore[attr-defined]
                 if self._check is not None:
                     self.counters["checks_skipped"] += 1
+                self.in_use += 1
                 return conn
             try:
                 await self.check_connection(conn)
@@ -306,11 +312,14 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                 await self._putconn(conn, from_getconn=True)
                 raise
             else:
+                self.in_use += 1
                 return conn
         try:
-            return await super().getconn(timeout)
+            conn = await super().getconn(timeout)
         except PoolTimeout:
             raise self._timeout_error(timeout) from None
+        self.in_use += 1
+        return conn
 
     def _timeout_error(self, timeout: float | None) -> Exception:
         waited = self.timeout if timeout is None else timeout
@@ -332,6 +341,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         )
 
     async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        if conn._pool is self:
+            self.in_use -= 1
         status = conn.pgconn.transaction_status
         if status in (_INTRANS, _INERROR):
             # AUTOCOMMIT false: end the read transaction here, quietly (psycopg
@@ -343,32 +354,49 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             status = conn.pgconn.transaction_status
         now = monotonic()
         conn._rop_used_at = now  # type: ignore[attr-defined]
-        if (
-            status == _IDLE
-            and conn._pool is self
-            and self._reset is None
-            and not self._waiting
-            and not self._closed
-            and self._pool_full_event is None
-            and conn._expire_at > now  # type: ignore[attr-defined]
-            and conn._created_at > self._drained_at  # type: ignore[attr-defined]
-        ):
-            conn._pool = None
-            if (
-                self.settings.overflow_idle_timeout == 0
-                and self._nconns > self._min_size
-                and len(self._pool) >= self._min_size
-            ):
-                # An overflow connection with POOL_SIZE idle ones beside it.
-                self._nconns -= 1
-                self.counters["overflow_closed"] += 1
-                await conn.close()
+        if status == _IDLE and conn._pool is self and not self._closed:
+            if self._reset is not None:
+                # POOL_SKIP_ROLLBACK false: psycopg resets it in a worker (then
+                # hands it to a waiter or the pool). Queued now, no await.
+                self.run_task(ReturnConnection(self, conn, from_getconn=False))
                 return
-            self._pool.append(conn)
-            return
-        # Slow path (hand-over to a waiter, reset, expiry, broken): psycopg's,
+            if (
+                not self._waiting
+                and self._pool_full_event is None
+                and conn._expire_at > now  # type: ignore[attr-defined]
+                and conn._created_at > self._drained_at  # type: ignore[attr-defined]
+            ):
+                conn._pool = None
+                if self._surplus():
+                    await self._close_surplus(conn)
+                    return
+                self._pool.append(conn)
+                return
+        # Slow path (hand-over to a waiter, expiry, broken): psycopg's,
         # shielded so that a second cancellation cannot lose the connection.
         await asyncio.shield(super().putconn(conn))
+
+    def _surplus(self) -> bool:
+        """OVERFLOW_IDLE_TIMEOUT 0: a returned overflow connection is not kept
+        when POOL_SIZE idle connections are already there (SQLAlchemy's rule)."""
+        return (
+            self.settings.overflow_idle_timeout == 0
+            and self._nconns > self._min_size
+            and len(self._pool) >= self._min_size
+            and not self._waiting
+        )
+
+    async def _close_surplus(self, conn: AsyncConnection[Any]) -> None:
+        self._nconns -= 1
+        self.counters["overflow_closed"] += 1
+        await self._close_connection(conn)
+
+    async def _add_to_pool(self, conn: AsyncConnection[Any]) -> None:
+        if not self._closed and self._surplus():
+            conn._pool = None
+            await self._close_surplus(conn)
+            return
+        await super()._add_to_pool(conn)
 
     # -- open, prewarm, close ------------------------------------------------ #
 
@@ -482,7 +510,39 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         for task in (self._reaper, self._flushing):
             if task is not None and not task.done():
                 task.cancel()
-        await super().close(timeout)
+        if self._closed:
+            return
+        tasks = [*self._workers, *([self._sched_runner] if self._sched_runner else [])]
+        if all(not task.done() for task in tasks):
+            await super().close(timeout)
+        else:
+            await self.close_at_loop_end()
+
+    def stop_workers(self) -> None:
+        """Ask psycopg's workers to end (without waiting)."""
+        for _ in self._workers:
+            self.run_task(StopWorker(self))
+
+    async def close_at_loop_end(self) -> None:
+        """Close everything at once: the loop's other tasks are finished.
+
+        psycopg's ``close()`` waits for its workers, which a loop shutting down
+        (``asyncio.run``, ``async_to_sync``) has already cancelled; this closes
+        every connection the pool opened, also one a worker was resetting.
+        """
+        self._closed = True
+        for task in (self._reaper, self._flushing, self._sched_runner, *self._workers):
+            if task is not None and not task.done():
+                task.cancel()
+        self._workers, self._sched_runner = [], None
+        waiting = list(self._waiting)
+        self._pool.clear()
+        self._waiting.clear()
+        for conn in list(self._connections):
+            if not conn.closed:
+                await self._close_connection(conn)
+        for position in waiting:
+            await position.fail(PoolClosed(f"the pool {self.name!r} is closed"))
 
     # -- statements --------------------------------------------------------- #
 
@@ -533,6 +593,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
     def get_stats(self) -> dict[str, int]:
         stats = super().get_stats()
         stats.update(self.counters)
+        stats["in_use"] = self.in_use
         return stats
 
 
@@ -571,7 +632,7 @@ class PoolRegistry:
             self._after_fork()
         lp = self._loops.get(loop)
         if lp is None:
-            for stale in [other for other in self._loops if other.is_closed()]:
+            for stale in [other for other in list(self._loops) if other.is_closed()]:
                 del self._loops[stale]
             lp = self._loops[loop] = _LoopPools(loop)
             lp.sentinel = loop.create_task(self._close_at_shutdown(lp), name="readonly-pool-closer")
@@ -629,6 +690,7 @@ class PoolRegistry:
         await _close_all(lp)
 
     async def _close_at_shutdown(self, lp: _LoopPools) -> None:
+        """Sleeps until the loop cancels its tasks, then closes the loop's pools."""
         try:
             await asyncio.get_running_loop().create_future()
         except asyncio.CancelledError:
@@ -636,7 +698,20 @@ class PoolRegistry:
                 del self._loops[lp.loop]
                 if self._last is lp:
                     self._last = None
-            await _close_all(lp)
+            # The other tasks (clients, psycopg's workers) were cancelled too:
+            # let them unwind and return their connections first. A psycopg
+            # worker cancelled inside a maintenance task swallows the
+            # cancellation and waits for more work: tell it to stop.
+            for pool in lp.pools.values():
+                pool.stop_workers()
+            current = asyncio.current_task()
+            others = [t for t in asyncio.all_tasks() if t is not current and t.cancelling()]
+            if others:
+                await asyncio.wait(others, timeout=10.0)
+            pools, lp.pools = list(lp.pools.values()), {}
+            for pool in pools:
+                with contextlib.suppress(Exception):
+                    await pool.close_at_loop_end()
             raise
 
     def _after_fork(self) -> None:

@@ -15,8 +15,10 @@ Reads go to the primary instead when they must see a write:
 All state lives in context variables, never in thread-locals, so it is right
 under ASGI (one context per request and task) and WSGI alike. A request's state
 is one mutable :class:`RoutingScope`, shared by the tasks the request spawns,
-so a write in a child task pins the whole request. The router does no I/O and
-costs a few microseconds per call (see ``benchmarks``).
+so a write in a child task pins the whole request. Outside any request or
+:func:`routing_scope`, a write pins the current context for ``STICKY_SECONDS``
+only, so a long-lived worker thread does not read from the primary forever.
+The router does no I/O and costs a few microseconds per call (see ``benchmarks``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from time import monotonic
 from typing import Any, TypeVar
 
 from django.db import connections
@@ -49,16 +52,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RoutingScope:
-    """Read-your-writes state of one request or task."""
+    """Read-your-writes state of one request, task or job."""
 
-    __slots__ = ("pinned", "wrote")
+    __slots__ = ("implicit", "pinned", "until", "wrote")
 
-    def __init__(self, pinned: bool = False) -> None:
+    def __init__(self, pinned: bool = False, *, implicit: bool = False) -> None:
         self.pinned = pinned  # reads go to the primary for the rest of the scope
+        self.until = 0.0  # ... or until this monotonic time (implicit scopes)
         self.wrote = False  # a write happened in this scope
+        self.implicit = implicit  # created by a write outside any request or job
 
     def __repr__(self) -> str:
-        return f"<RoutingScope pinned={self.pinned} wrote={self.wrote}>"
+        return f"<RoutingScope pinned={self.pinned} until={self.until} wrote={self.wrote}>"
+
+    def reads_primary(self) -> bool:
+        return self.pinned or (self.until != 0.0 and monotonic() < self.until)
 
 
 _scope: ContextVar[RoutingScope | None] = ContextVar("readonly_pool_scope", default=None)
@@ -69,7 +77,7 @@ _round_robin = itertools.count()
 def _current_scope(create: bool) -> RoutingScope | None:
     scope = _scope.get()
     if scope is None and create:
-        scope = RoutingScope()
+        scope = RoutingScope(implicit=True)
         _scope.set(scope)
     return scope
 
@@ -110,11 +118,12 @@ def unpin() -> None:
     scope = _current_scope(create=False)
     if scope is not None:
         scope.pinned = False
+        scope.until = 0.0
 
 
 def is_pinned() -> bool:
     scope = _scope.get()
-    return bool(_forced.get() or (scope is not None and scope.pinned))
+    return bool(_forced.get() or (scope is not None and scope.reads_primary()))
 
 
 def note_write() -> None:
@@ -122,8 +131,12 @@ def note_write() -> None:
     scope = _current_scope(create=True)
     assert scope is not None
     scope.wrote = True
-    if app_settings().pin_after_write:
-        scope.pinned = True
+    settings = app_settings()
+    if settings.pin_after_write:
+        if scope.implicit:
+            scope.until = monotonic() + settings.sticky_seconds
+        else:
+            scope.pinned = True
 
 
 class use_primary:  # noqa: N801 - reads like a function
@@ -195,7 +208,7 @@ def current_read_alias() -> str | None:
     if _forced.get():
         return primary
     scope = _scope.get()
-    if scope is not None and scope.pinned:
+    if scope is not None and scope.reads_primary():
         return primary
     if _in_atomic(primary):
         return primary

@@ -11,22 +11,61 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 
+from django_readonly_pool.router import routing_scope
 from django_readonly_pool.testing.topology import Topology
 
 T = TypeVar("T")
 
 
+def _close_thread_connections() -> None:
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+
+
 def arun(coro: Coroutine[Any, Any, T]) -> T:
-    """Run *coro* on a fresh event loop (its pools close when it ends)."""
-    return asyncio.run(coro)
+    """Run *coro* on a fresh event loop (its pools close when it ends).
+
+    Like a request's end, it closes the sync connections that Django's
+    ``sync_to_async`` opened in its thread for non-pool aliases.
+    """
+    async def main() -> T:
+        try:
+            return await coro
+        finally:
+            await sync_to_async(_close_thread_connections)()
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_routing_scope() -> Iterator[None]:
+    """Each test starts with no read-your-writes pin (as each request does)."""
+    with routing_scope():
+        yield
 
 
 @pytest.fixture(scope="session")
 def topology(readonly_pool_topology: Topology) -> Topology:
     return readonly_pool_topology
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Iterator[None]:
+    """Create the test database for every alias (pytest-django only creates the
+    ones that django_db marks ask for; these tests reach the replica directly)."""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(verbosity=0, interactive=False, aliases=set(connections))
+    yield
+    with django_db_blocker.unblock():
+        for conn in connections.all(initialized_only=True):
+            conn.close()
+        teardown_databases(config, verbosity=0)
 
 
 @pytest.fixture
@@ -95,7 +134,7 @@ def seeded(django_db_setup: None, django_db_blocker: Any, readonly_pool_topology
     """The read-only seed data, committed on the primary and replayed on the replica."""
     from tests.testapp.models import Book
 
-    with django_db_blocker.unblock():
+    with django_db_blocker.unblock(), routing_scope():
         if not Book.objects.using("default").exists():
             _seed()
         for conn in connections.all(initialized_only=True):

@@ -160,20 +160,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
 
     # -- async path ------------------------------------------------------------ #
 
-    def make_read_pool(self) -> ReadPool:
-        """A new async :class:`~django_readonly_pool.pool.ReadPool` for this alias."""
-        s = self.readonly_pool_settings
+    def make_read_pool(self, settings: PoolSettings | None = None, **conninfo: Any) -> ReadPool:
+        """A new async :class:`~django_readonly_pool.pool.ReadPool` for this alias.
+
+        *settings* replaces the alias's pool settings and *conninfo* overrides
+        connection parameters (``user``, ``application_name`` ...); both default
+        to the alias's configuration.
+        """
+        s = settings or self.readonly_pool_settings
         options = self.settings_dict["OPTIONS"]
         kwargs = self.get_connection_params()
+        kwargs.update(conninfo)
         kwargs["cursor_factory"] = (
             AsyncCursor if options.get("server_side_binding") is True else AsyncClientCursor
         )
         kwargs["autocommit"] = s.autocommit
         isolation = options.get("isolation_level")
-        secrets = tuple(
-            str(v) for k, v in {**options, "password": self.settings_dict.get("PASSWORD")}.items()
-            if k in SECRET_KEYS and v
-        )
+        secrets = tuple(str(v) for k, v in kwargs.items() if k in SECRET_KEYS and v)
         session = SessionSetup(
             timezone_name=self.timezone_name,
             assume_role=options.get("assume_role"),
@@ -185,7 +188,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
         def remember(version: int) -> None:
             _server_versions[alias] = version
 
-        return ReadPool(alias, s, self.target, kwargs, session, on_server_version=remember)
+        target = self.target
+        if conninfo:
+            target = ConnectionTarget(
+                host=str(kwargs.get("host", "")), port=str(kwargs.get("port", "")),
+                dbname=str(kwargs.get("dbname", "")), user=str(kwargs.get("user", "")),
+            )
+        return ReadPool(alias, s, target, kwargs, session, on_server_version=remember)
 
     def cursor(self) -> Any:
         if in_bridge():

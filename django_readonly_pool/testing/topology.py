@@ -363,8 +363,9 @@ class PostgresServer:
 
     def sql(self, query: str, params: Any = None, dbname: str = DBNAME) -> list[tuple[Any, ...]]:
         """Run one statement as superuser; return its rows (empty if none)."""
-        with self.connect(dbname) as conn, conn.cursor() as cur:
-            cur.execute(query.encode(), params)  # bytes: no client-side % handling
+        with self.connect(dbname) as conn, psycopg.ClientCursor(conn) as cur:
+            # Client-side binding: parameters work in utility statements too.
+            cur.execute(query, params)
             return list(cur.fetchall()) if cur.description else []
 
 
