@@ -155,11 +155,10 @@ def test_atomic_on_the_readonly_alias_is_refused_in_async_code() -> None:
             return Book.objects.using("readonly").count()
 
     async def main() -> None:
-        with pytest.raises(ReadOnlyAliasError, match="transaction.atomic"):
+        with pytest.raises(ReadOnlyAliasError, match=r"transaction\.atomic"):
             await run(in_transaction)
-        with pytest.raises(ReadOnlyAliasError, match="'readonly'"):
-            with transaction.atomic(using="readonly"):
-                pass
+        with pytest.raises(ReadOnlyAliasError, match="'readonly'"), transaction.atomic(using="readonly"):
+            pass
 
     arun(main())
 

@@ -190,7 +190,7 @@ CASES: list[Pair] = [
     ("union", lambda a: list(Book.objects.using(a).filter(pages__lt=300).values_list("pk").union(Book.objects.using(a).filter(pages__gt=1800).values_list("pk")).order_by("pk")),
      lambda a: alist(Book.objects.using(a).filter(pages__lt=300).values_list("pk").union(Book.objects.using(a).filter(pages__gt=1800).values_list("pk")).order_by("pk"))),
     ("reverse FK manager", lambda a: Author.objects.using(a).get(pk=Author.objects.using("default").first().pk).books.count(),
-     _reverse_fk_count),
+     lambda a: _reverse_fk_count(a)),  # noqa: PLW0108 - defined below
     ("m2m filter", lambda a: list(Tag.objects.using(a).filter(books__genre="essay").distinct()),
      lambda a: alist(Tag.objects.using(a).filter(books__genre="essay").distinct())),
     ("postgres aggregates", lambda a: Book.objects.using(a).aggregate(t=StringAgg("title", ", ", order_by="title"), p=ArrayAgg("pages", order_by="pk")),
