@@ -92,8 +92,14 @@ async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     replica marked down, tests running on a test mirror) *fn* runs through
     Django's ``sync_to_async`` instead, exactly as without this package.
     """
-    from .orm import bridge_reads_now  # late import: orm imports Django's ORM
+    from .orm import is_pool_alias  # late imports: they import Django's ORM
+    from .router import _decided, current_read_alias
 
-    if bridge_reads_now():
-        return await call_in_bridge(fn, args, kwargs)
-    return await sync_to_async(fn)(*args, **kwargs)
+    alias = current_read_alias()
+    token = _decided.set(alias)  # the same answer for every read of fn
+    try:
+        if is_pool_alias(alias):
+            return await call_in_bridge(fn, args, kwargs)
+        return await sync_to_async(fn)(*args, **kwargs)
+    finally:
+        _decided.reset(token)

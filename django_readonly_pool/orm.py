@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from itertools import islice
 from typing import Any, Final
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db import models as dj_models
 from django.db import router as dj_router
@@ -30,9 +31,9 @@ from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objec
 from . import bridge
 from .conf import ENGINE, app_settings
 from .errors import ReadOnlyAliasError
+from .router import _decided
 
 __all__ = [
-    "bridge_reads_now",
     "install",
     "installed",
     "is_pool_alias",
@@ -96,13 +97,6 @@ def forget_engines(**kwargs: Any) -> None:
         _engine_of.clear()
 
 
-def bridge_reads_now() -> bool:
-    """True when a read issued here and now would go to a pool alias."""
-    from .router import current_read_alias
-
-    return is_pool_alias(current_read_alias())
-
-
 # --------------------------------------------------------------------------- #
 # The replacements
 # --------------------------------------------------------------------------- #
@@ -111,9 +105,14 @@ def bridge_reads_now() -> bool:
 def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stock)
     async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
-        if is_pool_alias(self.db):
-            return await bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
-        return await stock(self, *args, **kwargs)
+        alias = self.db
+        token = _decided.set(alias)  # the router's answer holds for the whole call
+        try:
+            if is_pool_alias(alias):
+                return await bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
+            return await stock(self, *args, **kwargs)
+        finally:
+            _decided.reset(token)
 
     return method
 
@@ -136,28 +135,29 @@ def _write_refused(name: str, alias: str) -> ReadOnlyAliasError:
     )
 
 
-def _aiter(self: QuerySet[Any]) -> AsyncIterator[Any]:
-    if self._result_cache is None and is_pool_alias(self.db):
+async def _fetch_all_decided(qs: Any, alias: str | None) -> None:
+    token = _decided.set(alias)
+    try:
+        if is_pool_alias(alias):
+            await bridge.call_in_bridge(qs._fetch_all, (), {})
+        else:
+            await sync_to_async(qs._fetch_all)()
+    finally:
+        _decided.reset(token)
+
+
+def _make_aiter(owner: type) -> Callable[[Any], AsyncIterator[Any]]:
+    def __aiter__(self: Any) -> AsyncIterator[Any]:  # noqa: N807
         async def generator() -> AsyncIterator[Any]:
             if self._result_cache is None:
-                await bridge.call_in_bridge(self._fetch_all, (), {})
-            for item in self._result_cache:  # type: ignore[union-attr]
+                await _fetch_all_decided(self, self.db)
+            for item in self._result_cache:
                 yield item
 
         return generator()
-    return _stock[(QuerySet, "__aiter__")](self)  # type: ignore[no-any-return]
 
-
-def _raw_aiter(self: RawQuerySet[Any]) -> AsyncIterator[Any]:
-    if self._result_cache is None and is_pool_alias(self.db):
-        async def generator() -> AsyncIterator[Any]:
-            if self._result_cache is None:
-                await bridge.call_in_bridge(self._fetch_all, (), {})
-            for item in self._result_cache:  # type: ignore[union-attr]
-                yield item
-
-        return generator()
-    return _stock[(RawQuerySet, "__aiter__")](self)  # type: ignore[no-any-return]
+    __aiter__.__qualname__ = f"{owner.__name__}.__aiter__"
+    return __aiter__
 
 
 def _take(iterator: Any, n: int) -> list[Any]:
@@ -166,8 +166,9 @@ def _take(iterator: Any, n: int) -> list[Any]:
 
 async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterator[Any]:
     """``aiterator()``: streams from one held connection, in chunks, on the bridge."""
-    if not is_pool_alias(self.db):
-        async for item in _stock[(QuerySet, "aiterator")](self, chunk_size):
+    alias = self.db
+    if not is_pool_alias(alias):
+        async for item in _stock[(QuerySet, "aiterator")](self.using(alias), chunk_size):
             yield item
         return
     if chunk_size <= 0:
@@ -200,9 +201,14 @@ def _noop() -> None:
 
 async def _aprefetch_related_objects(model_instances: Any, *related_lookups: Any) -> Any:
     instances = list(model_instances)
-    if instances and is_pool_alias(dj_router.db_for_read(type(instances[0]), instance=instances[0])):
-        return await bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {})
-    return await _stock[(dj_query, "aprefetch_related_objects")](instances, *related_lookups)
+    alias = dj_router.db_for_read(type(instances[0]), instance=instances[0]) if instances else None
+    token = _decided.set(alias)
+    try:
+        if is_pool_alias(alias):
+            return await bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {})
+        return await _stock[(dj_query, "aprefetch_related_objects")](instances, *related_lookups)
+    finally:
+        _decided.reset(token)
 
 
 async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fields: Any = None,
@@ -211,13 +217,17 @@ async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fie
         alias = from_queryset.db
     else:
         alias = using or dj_router.db_for_read(type(self), instance=self)
-    if is_pool_alias(alias):
-        return await bridge.call_in_bridge(  # type: ignore[no-any-return]
-            self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}
+    token = _decided.set(alias)
+    try:
+        if is_pool_alias(alias):
+            return await bridge.call_in_bridge(  # type: ignore[no-any-return]
+                self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}
+            )
+        return await _stock[(dj_models.Model, "arefresh_from_db")](  # type: ignore[no-any-return]
+            self, using=using, fields=fields, from_queryset=from_queryset
         )
-    return await _stock[(dj_models.Model, "arefresh_from_db")](  # type: ignore[no-any-return]
-        self, using=using, fields=fields, from_queryset=from_queryset
-    )
+    finally:
+        _decided.reset(token)
 
 
 def _model_write(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
@@ -255,8 +265,8 @@ def install() -> None:
     for name in WRITE_METHODS:
         if hasattr(QuerySet, name):
             _patch(QuerySet, name, _write_method(name, getattr(QuerySet, name)))
-    _patch(QuerySet, "__aiter__", _aiter)
-    _patch(RawQuerySet, "__aiter__", _raw_aiter)
+    _patch(QuerySet, "__aiter__", _make_aiter(QuerySet))
+    _patch(RawQuerySet, "__aiter__", _make_aiter(RawQuerySet))
     _patch(QuerySet, "aiterator", functools.wraps(QuerySet.aiterator)(_aiterator))
     _patch(dj_query, "aprefetch_related_objects", _aprefetch_related_objects)
     _patch(dj_models, "aprefetch_related_objects", _aprefetch_related_objects)

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -44,14 +45,16 @@ from typing import Any, Final
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.pq import ConnStatus, TransactionStatus
-from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 from psycopg_pool.pool_async import ReturnConnection, StopWorker
 
+from . import health as _health
 from .conf import ConnectionTarget, PoolSettings
 from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
+from .health import breaker_open, report_failure
 
-__all__ = ["ReadPool", "SessionSetup", "close_pools", "open_pools", "registry"]
+__all__ = ["ReadPool", "SessionSetup", "SyncReadPool", "close_pools", "open_pools", "registry"]
 
 logger = logging.getLogger("django_readonly_pool")
 
@@ -182,6 +185,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             conn = await super()._connect(timeout)
         except Exception as exc:
             message = self.session.scrub(str(exc).strip())
+            report_failure(self.alias, message)
             first = self._last_connect_error is None
             self._last_connect_error = (monotonic(), message)
             if first:
@@ -290,6 +294,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
     # -- checkout ------------------------------------------------------------- #
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        if breaker_open(self.alias):
+            raise self._breaker_error()
         pool = self._pool
         if pool and not self._waiting and not self._closed:
             # Fast path: no await between the test and the pop, so no other
@@ -320,6 +326,16 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             raise self._timeout_error(timeout) from None
         self.in_use += 1
         return conn
+
+    def _breaker_error(self) -> ReplicaUnavailable:
+        from .health import health_report
+
+        state = health_report().get(self.alias, {})
+        return ReplicaUnavailable(
+            f"read-only alias {self.alias!r}: the replica at {self.target.describe()} is down "
+            f"({state.get('error') or 'no answer'}); failing fast while it is probed in the "
+            "background. Set READONLY_POOL['FALLBACK'] = 'primary' to read from the primary meanwhile."
+        )
 
     def _timeout_error(self, timeout: float | None) -> Exception:
         waited = self.timeout if timeout is None else timeout
@@ -518,6 +534,13 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         else:
             await self.close_at_loop_end()
 
+    async def fail_waiting(self) -> None:
+        """The replica is down: fail the clients waiting for a connection now."""
+        waiting = list(self._waiting)
+        self._waiting.clear()
+        for position in waiting:
+            await position.fail(self._breaker_error())
+
     def stop_workers(self) -> None:
         """Ask psycopg's workers to end (without waiting)."""
         for _ in self._workers:
@@ -577,6 +600,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                         f"FIDES__DATABASE__ASYNC_READONLY_DATABASE_QUERY_TIMEOUT="
                         f"{self._query_timeout:g} s; its connection was closed"
                     ) from None
+                if conn.pgconn.status == _BAD:
+                    report_failure(self.alias, str(exc))
                 if conn.pgconn.status == _BAD and not retried and (not pinged or self._check is None):
                     # The connection died while idle and was not pinged (used
                     # recently): flush its peers and retry this read once.
@@ -595,6 +620,67 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         stats.update(self.counters)
         stats["in_use"] = self.in_use
         return stats
+
+
+# --------------------------------------------------------------------------- #
+# The sync twin (Django's built-in pool for sync code)
+# --------------------------------------------------------------------------- #
+
+
+class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
+    """Django's sync psycopg pool with the read pool's check semantics.
+
+    psycopg's sync pool sleeps 1, 2, 4 ... s between failed checks, so after a
+    replica restart a request gives up after a handful of dead connections.
+    Here a failed check flushes the idle connections in the background and the
+    checkout goes on at once; checks are skipped for connections used within
+    ``PRE_PING_INTERVAL`` and bounded by ``CHECK_TIMEOUT``; reconnect attempts
+    are at most 2 s apart.
+    """
+
+    def __init__(self, *args: Any, pre_ping: bool = True, ping_interval: float = 0.5,
+                 check_timeout: float = 5.0, **kwargs: Any) -> None:
+        self._ping_interval = ping_interval
+        self._check_timeout = check_timeout
+        self._flushing: threading.Thread | None = None
+        super().__init__(*args, check=self.check_connection if pre_ping else None, **kwargs)
+
+    def _getconn_with_check_loop(self, deadline: float) -> Any:
+        while True:
+            conn = self._getconn_unchecked(deadline - monotonic())
+            if self._check is None or monotonic() - getattr(conn, "_rop_used_at", 0.0) < self._ping_interval:
+                return conn
+            try:
+                self._check_connection(conn)
+            except Exception:  # noqa: BLE001 - a dead connection: flush, go on
+                self._putconn(conn, from_getconn=True)
+                self.flush_stale()
+                continue
+            except BaseException:
+                self._putconn(conn, from_getconn=True)
+                raise
+            return conn
+
+    def check_connection(self, conn: Any) -> None:  # type: ignore[override]
+        timer = threading.Timer(self._check_timeout, _shutdown_socket, (conn.pgconn.socket,))
+        timer.daemon = True
+        timer.start()
+        try:
+            ConnectionPool.check_connection(conn)
+        finally:
+            timer.cancel()
+
+    def flush_stale(self) -> None:
+        if self._flushing is None or not self._flushing.is_alive():
+            self._flushing = threading.Thread(target=self.check, name=f"{self.name}-flush", daemon=True)
+            self._flushing.start()
+
+    def putconn(self, conn: Any) -> None:
+        conn._rop_used_at = monotonic()
+        super().putconn(conn)
+
+    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        super()._add_connection(attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing=growing)
 
 
 # --------------------------------------------------------------------------- #
@@ -714,6 +800,14 @@ class PoolRegistry:
                     await pool.close_at_loop_end()
             raise
 
+    def replica_down(self, alias: str, message: str) -> None:
+        """Health callback (any thread): fail the waiters of *alias*'s pools."""
+        for loop, lp in list(self._loops.items()):
+            pool = lp.pools.get(alias)
+            if pool is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(lambda p=pool: asyncio.ensure_future(p.fail_waiting()))
+
     def _after_fork(self) -> None:
         # A forked child must not use (or finalize) its parent's sockets: keep
         # the objects alive, unused, and start afresh.
@@ -732,6 +826,7 @@ async def _close_all(lp: _LoopPools) -> None:
 
 registry: Final = PoolRegistry()
 os.register_at_fork(after_in_child=registry._after_fork)
+_health.on_down.append(registry.replica_down)
 
 
 async def open_pools(aliases: Sequence[str] | None = None) -> dict[str, ReadPool]:

@@ -71,6 +71,9 @@ class RoutingScope:
 
 _scope: ContextVar[RoutingScope | None] = ContextVar("readonly_pool_scope", default=None)
 _forced: ContextVar[int] = ContextVar("readonly_pool_use_primary", default=0)
+# The alias chosen when an async ORM call or run() started: every read of that
+# call goes there, even if the replica's health changes meanwhile.
+_decided: ContextVar[str | None] = ContextVar("readonly_pool_decided", default=None)
 _round_robin = itertools.count()
 
 
@@ -207,6 +210,9 @@ def current_read_alias() -> str | None:
         return None
     if _forced.get():
         return primary
+    decided = _decided.get()
+    if decided is not None:
+        return decided
     scope = _scope.get()
     if scope is not None and scope.reads_primary():
         return primary
@@ -220,7 +226,7 @@ def current_read_alias() -> str | None:
         return mirror
     # With FALLBACK="fail" an unusable replica keeps its reads: they fail fast
     # (ReplicaUnavailable) instead of loading the primary.
-    if settings.fallback == "primary" and not replica_usable(alias):
+    if not replica_usable(alias) and settings.fallback == "primary":
         return primary
     return alias
 
@@ -232,12 +238,17 @@ class ReadOnlyRouter:
         return (app_settings().primary, *_readonly_aliases())
 
     def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
+        alias = current_read_alias()
         instance = hints.get("instance")
         if instance is not None:
             db = instance._state.db
-            if db is not None and db not in self._managed():
-                return None  # an object of an alias we do not manage
-        return current_read_alias()
+            if db is not None and db != alias:
+                if db not in self._managed():
+                    return None  # an object of an alias we do not manage
+                readonly = _readonly_aliases()
+                if alias in readonly and db in readonly:
+                    return db  # keep an object graph on one replica
+        return alias
 
     def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
         instance = hints.get("instance")

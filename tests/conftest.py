@@ -43,9 +43,14 @@ def arun(coro: Coroutine[Any, Any, T]) -> T:
 
 @pytest.fixture(autouse=True)
 def _fresh_routing_scope() -> Iterator[None]:
-    """Each test starts with no read-your-writes pin (as each request does)."""
+    """Each test starts with no read-your-writes pin (as each request does),
+    and leaves no verdict of a replica it stopped behind."""
+    from django_readonly_pool.health import health_report, monitor
+
     with routing_scope():
         yield
+    if any(not state["usable"] for state in health_report().values()):
+        monitor.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +67,9 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> It
     with django_db_blocker.unblock():
         config = setup_databases(verbosity=0, interactive=False, aliases=set(connections))
     yield
+    from django_readonly_pool.health import monitor
+
+    monitor.stop()  # its probe connections would block DROP DATABASE
     with django_db_blocker.unblock():
         for conn in connections.all(initialized_only=True):
             conn.close()

@@ -1,1 +1,12 @@
-urlpatterns: list = []
+from django.urls import path
+
+from tests import views
+
+urlpatterns = [
+    path("notes/<int:pk>/incr", views.incr),
+    path("notes/<int:pk>", views.read),
+    path("notes/<int:pk>/incr-and-read", views.incr_and_read),
+    path("anotes/<int:pk>/incr", views.aincr),
+    path("anotes/<int:pk>", views.aread),
+    path("anotes/<int:pk>/incr-and-read", views.aincr_and_read),
+]

@@ -36,7 +36,7 @@ from psycopg import AsyncClientCursor, AsyncCursor, sql
 from django_readonly_pool.bridge import await_only, in_bridge
 from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings
 from django_readonly_pool.errors import ReadOnlyAliasError
-from django_readonly_pool.pool import ReadPool, SessionSetup, registry
+from django_readonly_pool.pool import ReadPool, SessionSetup, SyncReadPool, registry
 
 from .cursors import (
     BridgeCursor,
@@ -138,22 +138,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                     f"DATABASES[{self.alias!r}]: CONN_MAX_AGE must be 0 with "
                     "django_readonly_pool.backend: connections come from a pool."
                 )
-            from psycopg_pool import ConnectionPool
-
             s = self.readonly_pool_settings
             kwargs = self.get_connection_params()
             kwargs["autocommit"] = True  # Django sets it properly later on
-            pool = ConnectionPool(
+            pool = SyncReadPool(
                 kwargs=kwargs,
                 open=False,
                 configure=self._configure_connection,
-                check=ConnectionPool.check_connection if s.pre_ping else None,
+                pre_ping=s.pre_ping,
                 min_size=s.pool_size,
                 max_size=s.max_size,
                 timeout=s.checkout_timeout,
                 max_lifetime=s.max_lifetime,
                 max_idle=max(60.0, s.overflow_idle_timeout),
+                reconnect_timeout=86_400.0,
                 name=f"readonly-pool-sync[{self.alias}]",
+                ping_interval=s.pre_ping_interval,
+                check_timeout=s.check_timeout,
             )
             pools.setdefault(self.alias, pool)
         return pools[self.alias]
