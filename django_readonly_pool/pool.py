@@ -425,6 +425,9 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         await super()._add_connection(
             attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing=growing
         )
+        if growing and self._nconns > self._min_size:
+            logger.info("readonly pool %r: grew to %d connections (%d waiting)", self.alias,
+                        self._nconns, len(self._waiting))
 
     async def start(self) -> None:
         """Open the pool; with PREWARM, wait until every connection is verified."""

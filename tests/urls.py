@@ -10,3 +10,10 @@ urlpatterns = [
     path("anotes/<int:pk>", views.aread),
     path("anotes/<int:pk>/incr-and-read", views.aincr_and_read),
 ]
+
+from django_readonly_pool import views as pool_views  # noqa: E402
+
+urlpatterns += [
+    path("health/", pool_views.health),
+    path("metrics", pool_views.metrics),
+]
