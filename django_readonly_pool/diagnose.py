@@ -128,7 +128,7 @@ async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = 
         report["connect_ms"] = _percentiles(connect_times)
         conn = await pool.getconn()
         try:
-            await _server_facts(conn, report, settings, target, workers, wrapper)
+            await _server_facts(conn, report, settings, target, workers)
         finally:
             await pool.putconn(conn)
     except Exception as exc:  # noqa: BLE001 - the report is the point
@@ -143,7 +143,7 @@ async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = 
 
 
 async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSettings, target: ConnectionTarget,
-                        workers: int, wrapper: Any) -> None:
+                        workers: int) -> None:
     cur = await conn.execute(
         "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
         "pg_is_in_recovery(), current_setting('transaction_read_only'), "
