@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 from django.core.signals import request_started, setting_changed
-from django.db import connections
 
 
 class ReadOnlyPoolConfig(AppConfig):
@@ -13,12 +12,13 @@ class ReadOnlyPoolConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, orm
+        from .backend.base import pool_connection
         from .conf import app_settings, reset_app_settings
         from .errors import ConfigurationError
         from .pool import registry
         from .router import start_scope
 
-        registry.factory = lambda alias: connections[alias].make_read_pool()
+        registry.factory = lambda alias: pool_connection(alias).make_read_pool()
         setting_changed.connect(reset_app_settings, dispatch_uid="readonly_pool_settings")
         setting_changed.connect(orm.forget_engines, dispatch_uid="readonly_pool_engines")
         request_started.connect(_start_scope, dispatch_uid="readonly_pool_scope")

@@ -285,7 +285,7 @@ class PoolSettings:
         """Parse only the environment (defaults for unset variables)."""
         environ = os.environ if environ is None else environ
         problems: list[str] = []
-        values = {}
+        values: dict[str, Any] = {}
         for field in POOL_FIELDS:
             value = _pool_value_from_env(field, environ, problems)
             if value is not None:
@@ -476,7 +476,7 @@ class _EnvReader:
         secretish = any(k in raw.lower() for k in ("password", "secret", "scram_"))
         try:
             value = json.loads(raw)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             shown = "(masked: it mentions a secret)" if secretish else _show(raw)
             self.problems.append(
                 f"{ENV_PREFIX}{name}={shown} is not valid JSON ({exc.msg} at character "

@@ -42,7 +42,7 @@ def _percentiles(samples: list[float]) -> dict[str, Any]:
 
 def _resolve(host: str) -> set[str]:
     try:
-        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except OSError:
         return set()
 
@@ -64,9 +64,9 @@ def configuration_messages(alias: str) -> tuple[list[dict[str, str]], list[dict[
 
 
 async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = None) -> dict[str, Any]:
-    from django.db import connections
+    from .backend.base import pool_connection
 
-    wrapper = connections[alias]
+    wrapper = pool_connection(alias)
     target = ConnectionTarget.from_settings(wrapper.settings_dict)
     report: dict[str, Any] = {
         "alias": alias,
@@ -215,13 +215,17 @@ async def _primary_lag(report: dict[str, Any], alias: str) -> None:
         params["connect_timeout"] = 5
         async with await psycopg.AsyncConnection.connect(autocommit=True, **params) as conn:
             cur = await conn.execute("SELECT pg_current_wal_lsn()::text")
-            (primary_lsn,) = await cur.fetchone()
+            row = await cur.fetchone()
+            assert row is not None
+            (primary_lsn,) = row
         wrapper = connections[alias]
         replica_params = wrapper.get_connection_params()
         replica_params.pop("cursor_factory", None)
         async with await psycopg.AsyncConnection.connect(autocommit=True, **replica_params) as conn:
             cur = await conn.execute("SELECT pg_last_wal_replay_lsn()::text")
-            (replay,) = await cur.fetchone()
+            row = await cur.fetchone()
+            assert row is not None
+            (replay,) = row
         primary, replayed = parse_lsn(primary_lsn), parse_lsn(replay)
         if primary is not None and replayed is not None:
             replication["lag_bytes"] = max(0, primary - replayed)

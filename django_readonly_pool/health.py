@@ -252,13 +252,12 @@ class _Monitor:
         return tuple(row)
 
     async def probe(self, alias: str) -> ReplicaHealth:
-        from django.db import connections
-
+        from .backend.base import pool_connection
         from .conf import app_settings
 
         settings = app_settings()
         state = _states.setdefault(alias, ReplicaHealth(alias))
-        timeout = min(float(connections[alias].readonly_pool_settings.connect_timeout), _PROBE_TIMEOUT_CAP)
+        timeout = min(float(pool_connection(alias).readonly_pool_settings.connect_timeout), _PROBE_TIMEOUT_CAP)
         query = (
             "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, "
             "pg_last_wal_replay_lsn()::text, "

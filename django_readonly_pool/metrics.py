@@ -81,10 +81,10 @@ class _Collector:
             utilization.add_metric([alias], entry["utilization"])
         yield utilization
         for name, (_, text) in COUNTERS.items():
-            family = CounterMetricFamily(f"readonly_pool_{name}", text, labels=["alias"])
+            counter = CounterMetricFamily(f"readonly_pool_{name}", text, labels=["alias"])
             for alias, entry in data.items():
-                family.add_metric([alias], entry[name])
-            yield family
+                counter.add_metric([alias], entry[name])
+            yield counter
         up = GaugeMetricFamily("readonly_pool_replica_up", "1 when the replica serves reads", labels=["alias"])
         lag = GaugeMetricFamily("readonly_pool_replica_lag_seconds", "Replication lag, s", labels=["alias"])
         lag_bytes = GaugeMetricFamily("readonly_pool_replica_lag_bytes", "Replication lag, bytes",

@@ -14,6 +14,7 @@ views alike.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +76,7 @@ class ReadOnlyPoolMiddleware:
             response.set_cookie(
                 settings.sticky_cookie,
                 f"{time.time() + settings.sticky_seconds:.3f}",
-                max_age=settings.sticky_seconds,
+                max_age=math.ceil(settings.sticky_seconds),
                 httponly=True,
                 samesite="Lax",
                 secure=request.is_secure(),

@@ -120,8 +120,9 @@ def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callab
 def _write_method(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stock)
     async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
-        if self._db is not None and _uses_engine(self._db):
-            raise _write_refused(name, self._db)
+        explicit: str | None = self._db  # type: ignore[attr-defined]
+        if explicit is not None and _uses_engine(explicit):
+            raise _write_refused(name, explicit)
         return await stock(self, *args, **kwargs)
 
     return method
@@ -179,7 +180,7 @@ async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterat
     run = bridge.call_in_bridge
     # Some iterables (values_list) run their query in __iter__: start it in the bridge.
     rows = await run(iter, (iterable,), {})
-    lookups = self._prefetch_related_lookups
+    lookups = self._prefetch_related_lookups  # type: ignore[attr-defined]
     try:
         while True:
             chunk = await run(_take, (rows, chunk_size), {})

@@ -142,7 +142,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._skip_initial_fill = False
-        self._reset_sql: sql.Composable | None = None
+        self._reset_sql: sql.Composed | None = None
         self._last_connect_error: tuple[float, str] | None = None
         self._connections: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         self.in_use = 0  # connections held by clients right now
@@ -222,7 +222,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             if again is not None:
                 parts.append(again)
             self._reset_sql = sql.SQL("; ").join(parts)
-        conn._rop_used_at = monotonic()  # just verified by connecting  # type: ignore[attr-defined]
+        conn._rop_used_at = monotonic()  # type: ignore[attr-defined]  # verified by connecting
 
     async def _reset_session(self, conn: AsyncConnection[Any]) -> None:
         """POOL_SKIP_ROLLBACK false: one round trip back to a clean session."""
@@ -809,7 +809,7 @@ class PoolRegistry:
             pool = lp.pools.get(alias)
             if pool is not None and not loop.is_closed():
                 with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(lambda p=pool: asyncio.ensure_future(p.fail_waiting()))
+                    loop.call_soon_threadsafe(_schedule_fail_waiting, pool)
 
     def _after_fork(self) -> None:
         # A forked child must not use (or finalize) its parent's sockets: keep
@@ -818,6 +818,15 @@ class PoolRegistry:
         self._loops = {}
         self._last = None
         self._pid = os.getpid()
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _schedule_fail_waiting(pool: ReadPool) -> None:
+    task = asyncio.ensure_future(pool.fail_waiting())
+    _background.add(task)  # keep a reference until it is done
+    task.add_done_callback(_background.discard)
 
 
 async def _close_all(lp: _LoopPools) -> None:

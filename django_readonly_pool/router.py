@@ -197,7 +197,8 @@ def _readonly_aliases() -> tuple[str, ...]:
 
 def _in_atomic(alias: str) -> bool:
     # Look at the wrapper of this thread/context without creating one.
-    wrapper = getattr(connections._connections, alias, None)
+    local: Any = getattr(connections, "_connections", None)
+    wrapper = getattr(local, alias, None)
     return bool(wrapper is not None and wrapper.in_atomic_block)
 
 
@@ -241,7 +242,7 @@ class ReadOnlyRouter:
         alias = current_read_alias()
         instance = hints.get("instance")
         if instance is not None:
-            db = instance._state.db
+            db: str | None = instance._state.db
             if db is not None and db != alias:
                 if db not in self._managed():
                     return None  # an object of an alias we do not manage

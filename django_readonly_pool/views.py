@@ -38,10 +38,10 @@ _CHECK_TIMEOUT = 5.0
 
 
 async def _check_alias(alias: str) -> dict[str, Any]:
-    from django.db import connections
+    from .backend.base import pool_connection
 
     started = time.monotonic()
-    settings = connections[alias].readonly_pool_settings
+    settings = pool_connection(alias).readonly_pool_settings
     try:
         async with asyncio.timeout(min(settings.checkout_timeout, _CHECK_TIMEOUT)):
             pool = await registry.get(alias)

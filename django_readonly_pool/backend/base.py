@@ -23,7 +23,7 @@ client-side binding, ``prepare_threshold=None``), so both return the same values
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
@@ -45,7 +45,7 @@ from .cursors import (
     StreamingBridgeCursor,
 )
 
-__all__ = ["DatabaseWrapper"]
+__all__ = ["DatabaseWrapper", "pool_connection"]
 
 # Server versions learnt by the pools, by alias (read by pg_version).
 _server_versions: dict[str, int] = {}
@@ -75,7 +75,7 @@ class DatabaseOperations(PostgresOperations):
             return super().compose_sql(sql_text, params)  # type: ignore[no-any-return]
         # Django's version borrows a sync connection; render literals with the
         # connection's adapters instead (no I/O needed).
-        context = self.connection.get_adapters_context()
+        context = cast("DatabaseWrapper", self.connection).get_adapters_context()
         literals = tuple(sql.Literal(p).as_string(context) for p in params or ())
         return sql_text % literals if literals else sql_text
 
@@ -129,7 +129,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     def pool(self) -> Any:
         if self.alias == NO_DB_ALIAS:
             return None
-        pools = self._connection_pools
+        pools = self._connection_pools  # type: ignore[attr-defined]
         if self.alias not in pools:
             if "pool" in self.settings_dict["OPTIONS"]:
                 return super().pool  # an explicit OPTIONS["pool"] wins
@@ -144,7 +144,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             pool = SyncReadPool(
                 kwargs=kwargs,
                 open=False,
-                configure=self._configure_connection,
+                configure=self._configure_connection,  # type: ignore[attr-defined]
                 pre_ping=s.pre_ping,
                 min_size=s.pool_size,
                 max_size=s.max_size,
@@ -199,12 +199,12 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
 
     def cursor(self) -> Any:
         if in_bridge():
-            return self._prepare_cursor(BridgeCursor(self.alias))
+            return self._prepare_cursor(BridgeCursor(self.alias))  # type: ignore[attr-defined]
         return super().cursor()
 
     def chunked_cursor(self) -> Any:
         if in_bridge():
-            return self._prepare_cursor(StreamingBridgeCursor(self.alias))
+            return self._prepare_cursor(StreamingBridgeCursor(self.alias))  # type: ignore[attr-defined]
         return super().chunked_cursor()
 
     def make_cursor(self, cursor: Any) -> ReadOnlyCursorWrapper:
@@ -215,18 +215,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
 
     @cached_property
     def pg_version(self) -> int:
-        version = _server_versions.get(self.alias)
-        if version is not None:
-            return version
+        known = _server_versions.get(self.alias)
+        if known is not None:
+            return known
         if in_bridge():
             pool = registry.ready(self.alias) or await_only(registry.get(self.alias))
             if pool.server_version is None:
                 await_only(pool.putconn(await_only(pool.getconn())))
             assert pool.server_version is not None
             return pool.server_version
-        version = postgresql.DatabaseWrapper.pg_version.func(self)
+        version: int = postgresql.DatabaseWrapper.pg_version.func(self)  # type: ignore[attr-defined]
         _server_versions[self.alias] = version
-        return version  # type: ignore[no-any-return]
+        return version
 
     def get_autocommit(self) -> bool:
         if in_bridge() or (self.connection is None and _on_event_loop()):
@@ -238,3 +238,13 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 f"{self.alias!r})."
             )
         return super().get_autocommit()  # type: ignore[no-any-return]
+
+
+def pool_connection(alias: str) -> DatabaseWrapper:
+    """``connections[alias]``, typed as this backend's wrapper."""
+    from django.db import connections
+
+    wrapper = connections[alias]
+    if not isinstance(wrapper, DatabaseWrapper):
+        raise TypeError(f"DATABASES[{alias!r}] does not use ENGINE 'django_readonly_pool.backend'")
+    return wrapper

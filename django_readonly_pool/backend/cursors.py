@@ -235,7 +235,7 @@ class StreamingBridgeCursor(BridgeCursor):
         super().__init__(alias)
         self._held: tuple[asyncio.AbstractEventLoop, ReadPool, AsyncConnection[Any], Any] | None = None
         self._done = True
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: Any = None  # weakref.finalize
 
     def execute(self, query: Any, params: Any = None) -> StreamingBridgeCursor:
         self.close()
