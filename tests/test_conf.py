@@ -332,3 +332,18 @@ def test_app_settings_strict() -> None:
                                   "MAX_LAG_SECONDS": "5", "READONLY_ALIASES": []})
     assert len(info.value.problems) == 5
     assert "did you mean 'ASYNC_ORM'" in str(info.value)
+
+
+def test_every_variable_is_in_the_readme() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in ("SERVER", "PORT", "USER", "PASSWORD", "DB", "PARAMS", "READONLY_SERVER", "READONLY_PORT",
+                 "READONLY_USER", "READONLY_PASSWORD", "READONLY_DB", "READONLY_PARAMS"):
+        assert f"`FIDES__DATABASE__{name}`" in readme, name
+    for field in POOL_FIELDS:
+        assert f"| `{field.key.upper()}` |" in readme, field.key
+    for name in ("ASYNC_ORM", "PRIMARY", "READONLY_ALIASES", "PIN_AFTER_WRITE", "STICKY_SECONDS",
+                 "STICKY_COOKIE", "FALLBACK", "HEALTH_CHECK_INTERVAL", "MAX_LAG_SECONDS", "TESTS_READ_PRIMARY",
+                 "SKIP_REQUEST_THREAD_HOP"):
+        assert f"`{name}`" in readme, name
