@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
-from django.core.signals import request_started, setting_changed
+from django.core.signals import setting_changed
 
 
 class ReadOnlyPoolConfig(AppConfig):
@@ -12,26 +12,21 @@ class ReadOnlyPoolConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, orm
+        from .asgi import install_request_receivers
         from .backend.base import pool_connection
-        from .conf import app_settings, reset_app_settings
+        from .conf import AppSettings, app_settings, reset_app_settings
         from .errors import ConfigurationError
         from .pool import registry
-        from .router import start_scope
 
         registry.factory = lambda alias: pool_connection(alias).make_read_pool()
         setting_changed.connect(reset_app_settings, dispatch_uid="readonly_pool_settings")
         setting_changed.connect(orm.forget_engines, dispatch_uid="readonly_pool_engines")
-        request_started.connect(_start_scope, dispatch_uid="readonly_pool_scope")
         try:
-            async_orm = app_settings().async_orm
+            settings = app_settings()
         except ConfigurationError:
-            async_orm = True  # the system check reports the bad setting
-        if async_orm:
+            settings = AppSettings()  # the system check reports the bad setting
+        if settings.async_orm:
             orm.install()
-        del start_scope, checks  # checks registered themselves on import
-
-
-def _start_scope(**kwargs: object) -> None:
-    from .router import start_scope
-
-    start_scope()
+        if settings.skip_request_thread_hop:
+            install_request_receivers()
+        del checks  # the checks registered themselves on import

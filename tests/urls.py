@@ -9,6 +9,8 @@ urlpatterns = [
     path("anotes/<int:pk>/incr", views.aincr),
     path("anotes/<int:pk>", views.aread),
     path("anotes/<int:pk>/incr-and-read", views.aincr_and_read),
+    path("sync-default", views.sync_read_default),
+    path("async-pool", views.async_read_pool),
 ]
 
 from django_readonly_pool import views as pool_views  # noqa: E402

@@ -38,3 +38,20 @@ async def aincr_and_read(request: HttpRequest, pk: int) -> JsonResponse:
     await Note.objects.filter(pk=pk).aupdate(counter=F("counter") + 1)
     note = await Note.objects.aget(pk=pk)
     return JsonResponse({"counter": note.counter, "db": note._state.db})
+
+
+CAPTURED: dict[str, object] = {}
+
+
+def sync_read_default(request: HttpRequest) -> JsonResponse:
+    from django.db import connection
+
+    count = Note.objects.using("default").count()
+    CAPTURED["psycopg_connection"] = connection.connection
+    return JsonResponse({"count": count})
+
+
+async def async_read_pool(request: HttpRequest) -> JsonResponse:
+    from tests.testapp.models import Book
+
+    return JsonResponse({"count": await Book.objects.acount()})
