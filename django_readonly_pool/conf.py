@@ -702,6 +702,8 @@ class AppSettings:
     ``SKIP_REQUEST_THREAD_HOP``: under ASGI, close sync connections at the end
     of a request only when the request opened one, instead of hopping to a
     thread for every request (True).
+    ``FAST_LANE``: cache the compiled SQL of ``aget(**kwargs)`` on untouched
+    querysets per query shape (True); see django_readonly_pool.fastlane.
     """
 
     async_orm: bool = True
@@ -716,6 +718,7 @@ class AppSettings:
     max_lag_bytes: int | None = None
     tests_read_primary: bool = True
     skip_request_thread_hop: bool = True
+    fast_lane: bool = True
 
     @classmethod
     def from_setting(cls, value: Any) -> AppSettings:
@@ -752,7 +755,7 @@ def _check_app_value(name: str, raw: Any, where: str, problems: list[str]) -> An
         problems.append(f"{where}={raw!r} is not valid: expected {expected}")
         return _INVALID
 
-    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop"):
+    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop", "fast_lane"):
         return raw if isinstance(raw, bool) else bad("True or False")
     if name in ("primary", "sticky_cookie"):
         return raw if isinstance(raw, str) and raw else bad("a non-empty string")

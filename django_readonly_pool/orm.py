@@ -28,7 +28,7 @@ from django.db import router as dj_router
 from django.db.models import query as dj_query
 from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objects
 
-from . import bridge
+from . import bridge, fastlane
 from .conf import ENGINE, app_settings
 from .errors import ReadOnlyAliasError
 from .router import _decided
@@ -95,6 +95,7 @@ def forget_engines(**kwargs: Any) -> None:
     """``setting_changed`` receiver (DATABASES)."""
     if kwargs.get("setting") in (None, "DATABASES"):
         _engine_of.clear()
+        fastlane.clear()
 
 
 # --------------------------------------------------------------------------- #
@@ -115,6 +116,24 @@ def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callab
             _decided.reset(token)
 
     return method
+
+
+def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(stock)
+    async def aget(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
+        alias = self.db
+        token = _decided.set(alias)
+        try:
+            if is_pool_alias(alias):
+                fast = fastlane.fast_get(self, alias, args, kwargs) if app_settings().fast_lane else None
+                if fast is not None:
+                    return await bridge.call_in_bridge(fast, (), {})
+                return await bridge.call_in_bridge(self.get, args, kwargs)
+            return await stock(self, *args, **kwargs)
+        finally:
+            _decided.reset(token)
+
+    return aget
 
 
 def _write_method(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
@@ -263,6 +282,7 @@ def install() -> None:
     for name, sync_name in READ_METHODS.items():
         if hasattr(QuerySet, name):
             _patch(QuerySet, name, _read_method(name, sync_name, getattr(QuerySet, name)))
+    _patch(QuerySet, "aget", _aget(_stock[(QuerySet, "aget")]))
     for name in WRITE_METHODS:
         if hasattr(QuerySet, name):
             _patch(QuerySet, name, _write_method(name, getattr(QuerySet, name)))

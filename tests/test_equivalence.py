@@ -91,6 +91,28 @@ CASES: list[Pair] = [
      lambda a: Book.objects.using(a).aget(pk=book_ids()[3])),
     ("aget unique field", lambda a: Book.objects.using(a).get(isbn=9_780_000_000_000 + 5 * 7919),
      lambda a: Book.objects.using(a).aget(isbn=9_780_000_000_000 + 5 * 7919)),
+    ("aget pk as string", lambda a: Book.objects.using(a).get(pk=str(book_ids()[2])),
+     lambda a: Book.objects.using(a).aget(pk=str(book_ids()[2]))),
+    ("aget id__exact", lambda a: Book.objects.using(a).get(id__exact=book_ids()[1]),
+     lambda a: Book.objects.using(a).aget(id__exact=book_ids()[1])),
+    ("aget uuid", lambda a: Author.objects.using(a).get(uuid=Author.objects.using("default").first().uuid),
+     lambda a: Author.objects.using(a).aget(uuid=Author.objects.using("default").first().uuid)),
+    ("aget fk attname + bool", lambda a: _exc(lambda: Book.objects.using(a).get(
+        author_id=Author.objects.using("default").first().pk, genre="novel", in_print=True)),
+     lambda a: _aexc(Book.objects.using(a).aget(
+         author_id=Author.objects.using("default").first().pk, genre="novel", in_print=True))),
+    ("aget datetime", lambda a: Book.objects.using(a).get(published=Book.objects.using("default").get(pk=book_ids()[4]).published),
+     lambda a: Book.objects.using(a).aget(published=Book.objects.using("default").get(pk=book_ids()[4]).published)),
+    ("aget decimal", lambda a: Book.objects.using(a).get(price=Book.objects.using("default").get(pk=book_ids()[5]).price, pk=book_ids()[5]),
+     lambda a: Book.objects.using(a).aget(price=Book.objects.using("default").get(pk=book_ids()[5]).price, pk=book_ids()[5])),
+    ("aget no match", lambda a: _exc(lambda: Book.objects.using(a).get(isbn=1)),
+     lambda a: _aexc(Book.objects.using(a).aget(isbn=1))),
+    ("aget bad value", lambda a: _exc(lambda: Book.objects.using(a).get(pk="abc")),
+     lambda a: _aexc(Book.objects.using(a).aget(pk="abc"))),
+    ("aget out of range", lambda a: _exc(lambda: Book.objects.using(a).get(pk=2**70)),
+     lambda a: _aexc(Book.objects.using(a).aget(pk=2**70))),
+    ("aget many (21 cap)", lambda a: _exc(lambda: Review.objects.using(a).get(stars=3)),
+     lambda a: _aexc(Review.objects.using(a).aget(stars=3))),
     ("afirst", lambda a: Book.objects.using(a).first(), lambda a: Book.objects.using(a).afirst()),
     ("alast ordered", lambda a: Book.objects.using(a).order_by("price").last(),
      lambda a: Book.objects.using(a).order_by("price").alast()),
@@ -215,7 +237,7 @@ def _exc(fn: Callable[[], Any]) -> str:
     try:
         fn()
     except Exception as exc:
-        return type(exc).__name__
+        return f"{type(exc).__name__}: {exc}"
     return "no exception"
 
 
@@ -223,7 +245,7 @@ async def _aexc(awaitable: Awaitable[Any]) -> str:
     try:
         await awaitable
     except Exception as exc:
-        return type(exc).__name__
+        return f"{type(exc).__name__}: {exc}"
     return "no exception"
 
 
@@ -231,8 +253,24 @@ def test_there_are_enough_cases() -> None:
     assert len(CASES) >= 40
 
 
+@pytest.mark.parametrize("fast_lane", [True, False], ids=["fast-lane", "no-fast-lane"])
 @pytest.mark.parametrize("alias", ["readonly", "readonly_bouncer"])
-def test_async_results_equal_sync_results(alias: str) -> None:
+def test_async_results_equal_sync_results(alias: str, fast_lane: bool) -> None:
+    from django.test import override_settings
+
+    from django_readonly_pool import fastlane
+
+    fastlane.clear()
+    before = fastlane.stats()["hits"]
+    with override_settings(READONLY_POOL={"TESTS_READ_PRIMARY": False, "READONLY_ALIASES": ["readonly"],
+                                          "FAST_LANE": fast_lane}):
+        _compare_all(alias)
+        _compare_all(alias)  # the second round hits the cached shapes
+    hits = fastlane.stats()["hits"] - before
+    assert (hits >= 10) if fast_lane else (hits == 0), fastlane.stats()
+
+
+def _compare_all(alias: str) -> None:
     mismatches = []
     for name, sync_fn, async_fn in CASES:
         expected = norm(sync_fn(alias))

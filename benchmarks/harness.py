@@ -1,0 +1,155 @@
+"""Benchmark harness: servers, schema, closed-loop measurement, machine facts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django_readonly_pool.testing.topology import Topology
+
+ROWS = 10_000
+SLOW_MS = 2
+
+POOL_ENV = {
+    # The guide's recommended settings, sized for 64 concurrent requests.
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_POOL_SIZE": "64",
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_MAX_OVERFLOW": "0",
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM": "true",
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_POOL_SKIP_ROLLBACK": "true",
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_AUTOCOMMIT": "true",
+    "FIDES__DATABASE__ASYNC_READONLY_DATABASE_PRE_PING": "true",
+}
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS bench_item (
+    id bigserial PRIMARY KEY, name varchar(50) NOT NULL, price numeric(10, 2) NOT NULL,
+    created timestamptz NOT NULL, data jsonb NOT NULL);
+INSERT INTO bench_item (name, price, created, data)
+    SELECT 'item ' || i, (i % 10000) / 100.0, now() - i * interval '1 minute',
+           jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b'))
+    FROM generate_series(1, {ROWS}) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM bench_item);
+CREATE OR REPLACE VIEW bench_item_slow AS
+    SELECT * FROM bench_item WHERE pg_sleep({SLOW_MS / 1000}) IS NOT NULL;
+ANALYZE bench_item;
+"""
+
+
+def start_topology(pgbouncer: bool = False) -> Topology:
+    topology = Topology(pgbouncer=pgbouncer, primary_settings={"max_connections": "700"},
+                        replica_settings={"max_connections": "700"})
+    topology.start()
+    os.environ.update(topology.environ())
+    for key, value in POOL_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    assert topology.primary is not None
+    for statement in SCHEMA.split(";\n"):
+        if statement.strip():
+            topology.primary.sql(statement)
+    topology.wait_for_replay()
+    return topology
+
+
+def sql_for_pk(table: str) -> str:
+    """The SQL Django's ORM sends for ``Model.objects.get(pk=...)`` (for the peers)."""
+    return (f'SELECT "{table}"."id", "{table}"."name", "{table}"."price", "{table}"."created", '
+            f'"{table}"."data" FROM "{table}" WHERE "{table}"."id" = %s LIMIT 21')
+
+
+@dataclass
+class Result:
+    ops_per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    ops: int
+    fairness: float  # min/max operations per worker (1.0: perfectly fair)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+Op = Callable[[int], Awaitable[Any]]
+
+
+async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3) -> Result:
+    """Closed loop: *concurrency* workers each run *op* back to back for *seconds*."""
+    latencies: list[float] = []
+    per_worker = [0] * concurrency
+    measuring = False
+    stop_at = 0.0
+
+    async def worker(index: int) -> None:
+        i = index
+        while True:
+            started = time.perf_counter()
+            await op(i)
+            ended = time.perf_counter()
+            if measuring:
+                if ended > stop_at:
+                    return
+                latencies.append(ended - started)
+                per_worker[index] += 1
+            i += concurrency
+
+    tasks = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
+    try:
+        await asyncio.sleep(warmup)
+        began = time.perf_counter()
+        stop_at = began + seconds
+        measuring = True
+        await asyncio.gather(*tasks)
+        elapsed = max(time.perf_counter(), stop_at) - began
+    finally:
+        for task in tasks:
+            task.cancel()
+    latencies.sort()
+    n = len(latencies)
+    return Result(
+        ops_per_s=n / elapsed,
+        p50_ms=latencies[n // 2] * 1000 if n else 0.0,
+        p99_ms=latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0.0,
+        max_ms=latencies[-1] * 1000 if n else 0.0,
+        ops=n,
+        fairness=(min(per_worker) / max(per_worker)) if per_worker and max(per_worker) else 0.0,
+    )
+
+
+def machine() -> dict[str, Any]:
+    def cmd(*args: str) -> str:
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import django
+    import psycopg
+    import psycopg_pool
+
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "cpu": model, "cores": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
+                                                                  * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "os": platform.platform(), "python": platform.python_version(), "django": django.get_version(),
+        "psycopg": psycopg.__version__, "psycopg_pool": psycopg_pool.__version__,
+        "libpq": psycopg.pq.version(), "postgresql": cmd("pg_config", "--version"),
+    }
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
