@@ -1,35 +1,81 @@
-"""``python -m benchmarks [--quick] [--only NAME ...]``: see benchmarks/README.md."""
+"""``python -m benchmarks [--quick] [--only SCENARIO ...]``: see benchmarks/README.md.
+
+Starts its own primary + replica, runs every scenario, writes
+benchmarks/results/latest.json, latest.md and latest.png.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
+from typing import Any
+
+SCENARIOS = ("orm_reads", "django_async_backend", "http", "claims", "memory", "scaling", "router")
+
+
+def _dab(cfg: Any) -> dict[str, Any]:
+    from benchmarks import dab
+
+    try:
+        python = dab.ensure_venv()
+    except subprocess.CalledProcessError as exc:
+        return {"skipped": f"could not set up the Python 3.12 environment: {exc}"}
+    if python is None:
+        return {"skipped": "no Python 3.12+ interpreter found (django-async-backend needs one)"}
+    out = subprocess.run([str(python), "-m", "benchmarks.dab", "--seconds", str(cfg.seconds),
+                          "--warmup", str(cfg.warmup)], capture_output=True, text=True, timeout=900, check=False,
+                         env=os.environ, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        return {"skipped": f"django-async-backend run failed: {out.stderr[-1500:]}"}
+    return json.loads(out.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
-    parser.add_argument("--only", action="append", help="run only these scenarios")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios")
     args = parser.parse_args(argv)
+    selected = args.only or list(SCENARIOS)
 
-    from benchmarks.harness import start_topology
+    from benchmarks.harness import machine, start_topology
 
     started = time.monotonic()
+    print("starting a primary + replica ...", file=sys.stderr, flush=True)
     topology = start_topology()
+    run: dict[str, Any] = {"mode": "quick" if args.quick else "full"}
     try:
         import django
 
         django.setup()
-        from benchmarks import scenarios
+        from benchmarks import report, scenarios
 
         cfg = scenarios.Config.make(args.quick)
-        result = scenarios.orm_reads(cfg)
-        print(json.dumps(result, indent=1))
+        run["machine"] = machine()
+        steps = {
+            "orm_reads": lambda: scenarios.orm_reads(cfg),
+            "django_async_backend": lambda: _dab(cfg),
+            "http": lambda: scenarios.http(cfg),
+            "claims": lambda: scenarios.claims(cfg, topology),
+            "memory": lambda: scenarios.memory(cfg, topology),
+            "scaling": lambda: scenarios.scaling(cfg),
+            "router": scenarios.router_cost,
+        }
+        for name in SCENARIOS:
+            if name in selected:
+                print(f"[{time.monotonic() - started:5.0f} s] {name} ...", file=sys.stderr, flush=True)
+                run[name] = steps[name]()
+        run["duration_s"] = time.monotonic() - started
+        document = report.write(run)
     finally:
         topology.stop()
-    print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    for row in document["targets"]:
+        mark = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
+        print(f"{mark:6} {row['key']}: {row['value']} (target {row['target']})")
+    print(f"results: benchmarks/results/latest.{{json,md,png}} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

@@ -23,3 +23,10 @@ DATABASES["sync"] = {**_replica, "ENGINE": "django.db.backends.postgresql", "CON
 LOGGING = {"version": 1, "disable_existing_loggers": False,
            "loggers": {"django_readonly_pool": {"level": "WARNING"}, "psycopg": {"level": "ERROR"}}}
 READONLY_POOL = {"READONLY_ALIASES": ["readonly"], "TESTS_READ_PRIMARY": False}
+
+if os.environ.get("BENCH_DAB"):
+    # django-async-backend (Python 3.12+, Django 6.1) on the same replica, pooled.
+    INSTALLED_APPS += ["django_async_backend", "benchmarks.dabapp"]
+    DATABASES["dab"] = {**_replica, "ENGINE": "django_async_backend.db.backends.postgresql",
+                        "OPTIONS": {"pool": {"min_size": _size, "max_size": _size}}}
+DATABASE_ROUTERS = ["django_readonly_pool.router.ReadOnlyRouter"]

@@ -8,6 +8,8 @@
   time: a sequential connector never gets through, a parallel one does.
 
 ``with TcpProxy(target_port) as proxy: proxy.port`` gives the listening port.
+:class:`ProcessTcpProxy` runs the same proxy in a child process, so that its
+CPU does not compete with the code under test for the GIL (benchmarks).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import contextlib
 import threading
 from typing import Any
 
-__all__ = ["TcpProxy"]
+__all__ = ["ProcessTcpProxy", "TcpProxy"]
 
 
 class TcpProxy:
@@ -127,3 +129,74 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.close()
             self._writers.discard(writer)
+
+
+
+class ProcessTcpProxy:
+    """:class:`TcpProxy` in a child process: ``freeze``, ``thaw``, ``close_all``, ``stop``.
+
+    Its CPU does not compete for the GIL with the code under test (benchmarks).
+    """
+
+    def __init__(self, target_port: int, *, delay: float = 0.0) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.port = 0
+        self._process: Any = None
+
+    def start(self) -> ProcessTcpProxy:
+        import subprocess
+        import sys
+
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "django_readonly_pool.testing.proxy", str(self.target_port), str(self.delay)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.port = int(self._process.stdout.readline())
+        return self
+
+    def _command(self, command: str) -> None:
+        self._process.stdin.write(command + "\n")
+        self._process.stdin.flush()
+        self._process.stdout.readline()
+
+    def freeze(self) -> None:
+        self._command("freeze")
+
+    def thaw(self) -> None:
+        self._command("thaw")
+
+    def close_all(self) -> None:
+        self._command("close_all")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._command("stop")
+            self._process.wait(10)
+
+    def __enter__(self) -> ProcessTcpProxy:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _main(argv: list[str]) -> None:
+    import sys
+
+    proxy = TcpProxy(int(argv[1]), delay=float(argv[2])).start()
+    print(proxy.port, flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "stop":
+            proxy.stop()
+            print("ok", flush=True)
+            return
+        getattr(proxy, command)()
+        print("ok", flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - the child of ProcessTcpProxy
+    import sys
+
+    _main(sys.argv)

@@ -1,0 +1,226 @@
+"""Turn a run into benchmarks/results/latest.{json,md,png}."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# key, description, comparison, target
+TARGETS = [
+    ("ratio_vs_stock_asgi_2ms_c64", "x stock async ORM under ASGI (2 ms, c=64)", ">=", 8.0),
+    ("ratio_vs_django_pool_asgi_2ms_c64", "x Django's built-in pool under ASGI (2 ms, c=64)", ">=", 4.0),
+    ("ratio_vs_django_async_backend_0ms_c32", "x django-async-backend (0 ms, c=32)", ">=", 1.0),
+    ("ratio_http_vs_stock_2ms_c64", "x stock, end to end over HTTP (2 ms, c=64)", ">=", 3.0),
+    ("ratio_vs_sqlalchemy_asyncpg_0ms_c32", "x SQLAlchemy + asyncpg (0 ms, c=32)", ">=", 1.0),
+    ("ratio_vs_raw_pool_0ms_c32", "x a raw psycopg pool (0 ms, c=32)", ">=", 0.5),
+    ("prewarm_300_seconds", "s to prewarm 300 connections (loopback, SCRAM)", "<=", 1.0),
+    ("prewarm_speedup_vs_sequential_300", "x faster than one by one (1 ms each way)", ">=", 5.0),
+    ("statements_per_read_recommended", "statements per read, recommended settings", "==", 1.0),
+    ("large_result_10k_vs_sync_orm", "x the sync ORM's time for 10,000 rows (lower is better)", "<=", 1.2),
+]
+
+
+def keys(run: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.scenarios import ratio
+
+    orm = run.get("orm_reads", {})
+    out: dict[str, Any] = {
+        "ratio_vs_stock_asgi_2ms_c64": ratio(orm, "stock_asgi", "2ms_c64"),
+        "ratio_vs_django_pool_asgi_2ms_c64": ratio(orm, "django_pool_asgi", "2ms_c64"),
+        "ratio_vs_sqlalchemy_asyncpg_0ms_c32": ratio(orm, "sqlalchemy_asyncpg", "0ms_c32"),
+        "ratio_vs_raw_pool_0ms_c32": ratio(orm, "raw_pool", "0ms_c32"),
+    }
+    dab = (run.get("django_async_backend") or {}).get("results") or {}
+    out["ratio_vs_django_async_backend_0ms_c32"] = ratio(dab, "dab", "0ms_c32") if dab else None
+    http = run.get("http") or {}
+    out["ratio_http_vs_stock_2ms_c64"] = (round(http["ours"]["rps"] / http["stock"]["rps"], 3)
+                                          if http.get("ours") and http.get("stock") else None)
+    claims = run.get("claims") or {}
+    prewarm = claims.get("prewarm") or {}
+    out["prewarm_300_seconds"] = (prewarm.get("loopback") or {}).get("parallel_s")
+    # speedup against one-by-one warming as the reference does it (SQLAlchemy + asyncpg)
+    out["prewarm_speedup_vs_sequential_300"] = (prewarm.get("delay_proxy_1ms_each_way") or {}).get("speedup")
+    out["statements_per_read_recommended"] = (
+        ((claims.get("recommended_vs_defaults") or {}).get("recommended") or {}).get("statements_per_read"))
+    sizes = (run.get("scaling") or {}).get("result_size") or {}
+    out["large_result_10k_vs_sync_orm"] = (sizes.get("10000") or {}).get("ratio")
+    return out
+
+
+def verdicts(values: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, text, op, target in TARGETS:
+        value = values.get(key)
+        met = None
+        if value is not None:
+            met = {">=": value >= target, "<=": value <= target, "==": abs(value - target) < 1e-9}[op]
+        rows.append({"key": key, "what": text, "value": value, "target": f"{op} {target:g}", "met": met})
+    return rows
+
+
+def write(run: dict[str, Any]) -> dict[str, Any]:
+    RESULTS.mkdir(exist_ok=True)
+    values = keys(run)
+    document = {**values, "targets": verdicts(values), "machine": run["machine"], "date": run["machine"]["date"],
+                "mode": run["mode"], "duration_s": run.get("duration_s"), "scenarios": run}
+    (RESULTS / "latest.json").write_text(json.dumps(document, indent=1, default=str) + "\n")
+    (RESULTS / "latest.md").write_text(markdown(document))
+    try:
+        chart(document, RESULTS / "latest.png")
+    except ImportError:
+        pass
+    return document
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    run = doc["scenarios"]
+    lines = [
+        f"Run of {doc['date']} ({doc['mode']} mode, {doc.get('duration_s', 0):.0f} s) on {m['cpu']} "
+        f"({m['cores']} cores, {m['memory_gb']} GiB), {m['os']}; Python {m['python']}, Django {m['django']}, "
+        f"psycopg {m['psycopg']}, psycopg_pool {m['psycopg_pool']}, {m['postgresql']}. "
+        "Ratios compare measurements of the same run (this machine is shared and noisy).",
+        "",
+        "| Target | Measured | Target | Met |",
+        "|---|---|---|---|",
+    ]
+    for row in doc["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
+        lines.append(f"| {row['what']} (`{row['key']}`) | {_fmt(row['value'])} | {row['target']} | {met} |")
+    orm = run.get("orm_reads") or {}
+    if orm:
+        columns = list(next(iter(orm.values())).keys())
+        lines += ["", "Primary-key reads per second (closed loop; `0ms`/`2ms`: server-side latency, `cN`: concurrency):",
+                  "", "| Contender | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for name, rows in orm.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(rows[c]["ops_per_s"]) for c in columns) + " |")
+        lines += ["", "p99 latency, ms:", "", "| Contender | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for name, rows in orm.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(rows[c]["p99_ms"]) for c in columns) + " |")
+    dab = run.get("django_async_backend") or {}
+    if dab.get("results"):
+        lines += ["", f"Against django-async-backend {dab.get('django_async_backend')} (Python {dab.get('python')}, "
+                      f"Django {dab.get('django')}, its pool on), same process:", "",
+                  "| Contender | 0ms_c32 | 2ms_c64 |", "|---|---|---|"]
+        for name, rows in dab["results"].items():
+            lines.append(f"| {name} | {_fmt(rows['0ms_c32']['ops_per_s'])} | {_fmt(rows['2ms_c64']['ops_per_s'])} |")
+    elif dab.get("skipped"):
+        lines += ["", f"django-async-backend: not measured ({dab['skipped']})."]
+    http = run.get("http") or {}
+    if http:
+        lines += ["", "End to end over HTTP (example project, uvicorn, 1 worker, c=64, 2 ms reads):", "",
+                  "| Server | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+        for name, r in http.items():
+            lines.append(f"| {name} | {_fmt(r['rps'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | {r['errors']} |")
+    claims = run.get("claims") or {}
+    if claims:
+        p = claims["prewarm"]
+        lb, px = p["loopback"], p["delay_proxy_1ms_each_way"]
+        lines += ["", "The guide's claims:", "",
+                  f"* Prewarm {p['connections']} connections (SCRAM password authentication): on loopback "
+                  f"{lb['parallel_s']} s in parallel, against {lb['one_by_one_reference_s']} s one by one as the reference "
+                  f"warms (SQLAlchemy + asyncpg checkouts; {lb['speedup']}x) and {lb['one_by_one_psycopg_s']} s with "
+                  f"psycopg ({lb['speedup_vs_psycopg_one_by_one']}x); through 1 ms of added latency each way "
+                  f"{px['parallel_s']} s against {px['one_by_one_reference_s']} s ({px['speedup']}x) and "
+                  f"{px['one_by_one_psycopg_s']} s ({px['speedup_vs_psycopg_one_by_one']}x)."]
+        f = claims["first_300_requests"]
+        lines.append(f"* First 300 requests after start (c=64): p99 {f['prewarmed']['p99_ms']} ms prewarmed, "
+                     f"{f['cold']['p99_ms']} ms cold.")
+        r = claims["recommended_vs_defaults"]
+        lines.append(f"* Recommended settings vs defaults (c=16, 0 ms): {r['throughput_ratio']}x throughput; "
+                     f"{r['recommended']['statements_per_read']} vs {r['defaults']['statements_per_read']} "
+                     "statements per read; p50 "
+                     f"{r['recommended']['p50_ms']} ms vs {r['defaults']['p50_ms']} ms.")
+        pp = claims["pre_ping"]
+        lines.append(f"* Pre-ping bypass window (0.5 s) vs a ping on every checkout: {pp['throughput_ratio']}x throughput.")
+        for latency, o in claims["overflow_burst_256"].items():
+            lines.append(
+                f"* Burst of 256 concurrent {latency} reads, POOL_SIZE 8: with MAX_OVERFLOW 56 done in "
+                f"{o['pool_8_overflow_56']['elapsed_s']} s (peak {o['pool_8_overflow_56']['peak_size']} connections, "
+                f"p99 {o['pool_8_overflow_56']['p99_ms']} ms); without overflow {o['pool_8_overflow_0']['elapsed_s']} s "
+                f"(p99 {o['pool_8_overflow_0']['p99_ms']} ms).")
+    mem = run.get("memory") or {}
+    if mem:
+        lines += ["", f"Memory, {mem['connections']} pooled connections:", "",
+                  "| Pool | client KiB per connection | server backends | avg backend PSS KiB |", "|---|---|---|---|"]
+        for name in ("ours", "sqlalchemy_asyncpg"):
+            if name in mem:
+                r = mem[name]
+                lines.append(f"| {name} | {_fmt(r['client_kb_per_connection'])} | {r['backends']} | "
+                             f"{_fmt(r['avg_backend_pss_kb'])} |")
+    scaling = run.get("scaling") or {}
+    if scaling:
+        lines += ["", "Concurrency sweep (ours, pool of 64, 2 ms reads):", "",
+                  "| concurrency | reads/s | p50 ms | p99 ms | max ms | fairness |", "|---|---|---|---|---|---|"]
+        for c, r in scaling["concurrency"].items():
+            lines.append(f"| {c} | {_fmt(r['ops_per_s'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p99_ms'])} | "
+                         f"{_fmt(r['max_ms'])} | {_fmt(r['fairness'])} |")
+        lines += ["", "Result size (one query, median ms; ours async vs Django's sync ORM):", "",
+                  "| rows | ours | sync ORM | ratio |", "|---|---|---|---|"]
+        for n, r in scaling["result_size"].items():
+            lines.append(f"| {n} | {_fmt(r['ours_ms'])} | {_fmt(r['sync_orm_ms'])} | {_fmt(r['ratio'])} |")
+    router = run.get("router") or {}
+    if router:
+        lines += ["", f"Router: {router['db_for_read_us']} µs per db_for_read, {router['db_for_write_us']} µs per "
+                      "db_for_write."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = doc["scenarios"]
+    orm = run.get("orm_reads") or {}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    if orm:
+        ax = axes[0]
+        names = list(orm)
+        for offset, key in ((-0.2, "0ms_c32"), (0.2, "2ms_c64")):
+            values = [orm[n].get(key, {}).get("ops_per_s", 0) for n in names]
+            ax.bar([i + offset for i in range(len(names))], values, width=0.4, label=key)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("primary-key reads / s")
+        ax.set_title("ORM reads")
+        ax.legend()
+    scaling = (run.get("scaling") or {}).get("concurrency") or {}
+    if scaling:
+        ax = axes[1]
+        levels = [int(c) for c in scaling]
+        ax.plot(levels, [scaling[str(c)]["ops_per_s"] for c in levels], marker="o", label="reads/s")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (pool of 64, 2 ms reads)")
+        ax.set_ylabel("reads / s")
+        ax2 = ax.twinx()
+        ax2.plot(levels, [scaling[str(c)]["p99_ms"] for c in levels], marker="s", color="tab:red", label="p99 ms")
+        ax2.set_ylabel("p99 ms", color="tab:red")
+        ax.set_title("No collapse past the pool size")
+    sizes = (run.get("scaling") or {}).get("result_size") or {}
+    if sizes:
+        ax = axes[2]
+        ns = [int(n) for n in sizes]
+        ax.plot(ns, [sizes[str(n)]["ours_ms"] for n in ns], marker="o", label="ours (async)")
+        ax.plot(ns, [sizes[str(n)]["sync_orm_ms"] for n in ns], marker="s", label="Django sync ORM")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("rows per query")
+        ax.set_ylabel("ms per query")
+        ax.set_title("Result size")
+        ax.legend()
+    fig.suptitle(f"django-readonly-pool benchmarks, {doc['date']} ({doc['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
