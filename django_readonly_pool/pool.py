@@ -38,7 +38,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any, Final
 
@@ -73,7 +73,7 @@ class SessionSetup:
     timezone_name: str | None
     assume_role: str | None
     isolation_level: int | None
-    secrets: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # masked in messages, never shown
 
     def configure_sql(self, current_timezone: str | None) -> sql.Composed | None:
         parts: list[sql.Composable] = []
