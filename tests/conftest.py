@@ -148,3 +148,13 @@ def seeded(django_db_setup: None, django_db_blocker: Any, readonly_pool_topology
         for conn in connections.all(initialized_only=True):
             conn.close()
     readonly_pool_topology.wait_for_replay()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many configuration inputs hypothesis tried (quoted in the README)."""
+    import sys
+
+    module = sys.modules.get("tests.test_bad_input")
+    if module is not None and module.TRIED:
+        terminalreporter.write_line(
+            f"hypothesis: {sum(module.TRIED.values())} configuration inputs tried over {len(module.TRIED)} properties")

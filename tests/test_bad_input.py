@@ -27,15 +27,6 @@ config = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[H
 BOOL_WORDS = ["true", "false", "1", "0", "yes", "no", "on", "off"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest) -> Any:
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    total = sum(TRIED.values())
-    if reporter is not None:
-        reporter.write_line(f"hypothesis: {total} configuration inputs tried over {len(TRIED)} properties")
-
-
 def reject(environ: dict[str, str], variable: str) -> str:
     try:
         databases_from_env(environ)
