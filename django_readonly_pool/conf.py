@@ -704,6 +704,9 @@ class AppSettings:
     thread for every request (True).
     ``FAST_LANE``: cache the compiled SQL of ``aget(**kwargs)`` on untouched
     querysets per query shape (True); see django_readonly_pool.fastlane.
+    ``REUSE_SCRAM_KEYS``: derive the SCRAM keys of the pool's role once, so new
+    connections skip hashing the password (True; needs libpq 18, as in
+    psycopg-binary); see django_readonly_pool.scram.
     """
 
     async_orm: bool = True
@@ -719,6 +722,7 @@ class AppSettings:
     tests_read_primary: bool = True
     skip_request_thread_hop: bool = True
     fast_lane: bool = True
+    reuse_scram_keys: bool = True
 
     @classmethod
     def from_setting(cls, value: Any) -> AppSettings:
@@ -755,7 +759,8 @@ def _check_app_value(name: str, raw: Any, where: str, problems: list[str]) -> An
         problems.append(f"{where}={raw!r} is not valid: expected {expected}")
         return _INVALID
 
-    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop", "fast_lane"):
+    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop", "fast_lane",
+                "reuse_scram_keys"):
         return raw if isinstance(raw, bool) else bad("True or False")
     if name in ("primary", "sticky_cookie"):
         return raw if isinstance(raw, str) and raw else bad("a non-empty string")

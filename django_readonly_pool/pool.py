@@ -53,6 +53,7 @@ from . import health as _health
 from .conf import ConnectionTarget, PoolSettings
 from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
 from .health import breaker_open, report_failure
+from .scram import derive_keys, libpq_supports_keys
 
 __all__ = ["ReadPool", "SessionSetup", "SyncReadPool", "close_pools", "open_pools", "registry"]
 
@@ -130,6 +131,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         session: SessionSetup,
         *,
         on_server_version: Callable[[int], None] | None = None,
+        reuse_scram_keys: bool = False,
     ) -> None:
         self.alias = alias
         self.settings = settings
@@ -145,6 +147,9 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._reset_sql: sql.Composed | None = None
         self._last_connect_error: tuple[float, str] | None = None
         self._connections: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
+        self._reuse_scram_keys = reuse_scram_keys and libpq_supports_keys()
+        self._scram: dict[str, str] | None = None  # secrets: never logged or shown
+        self._scram_task: asyncio.Task[None] | None = None
         self.in_use = 0  # connections held by clients right now
         self.prewarmed = False
         self.prewarm_seconds: float | None = None
@@ -152,7 +157,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self.server_version: int | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
-             "query_timeouts", "checkout_timeouts", "overflow_closed", "statements"),
+             "query_timeouts", "checkout_timeouts", "overflow_closed", "statements",
+             "scram_fallbacks"),
             0,
         )
         super().__init__(
@@ -180,9 +186,46 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     # -- connections -------------------------------------------------------- #
 
+    async def _resolve_kwargs(self) -> dict[str, Any]:
+        kwargs = await super()._resolve_kwargs()
+        keys = self._scram
+        return kwargs if keys is None else {**kwargs, **keys}
+
+    async def _derive_scram_keys(self, timeout: float) -> None:
+        """REUSE_SCRAM_KEYS: hash the password once, not on every connection."""
+        keys = await derive_keys(self.kwargs, timeout=timeout)  # type: ignore[arg-type]
+        if keys is not None:
+            self._scram = keys.params()
+            logger.info("readonly pool %r: SCRAM keys derived once (%d iterations); new "
+                        "connections skip hashing the password", self.alias, keys.iterations)
+
+    async def _connect_keyed(self, timeout: float | None) -> AsyncConnection[Any]:
+        """psycopg's connect, without the SCRAM keys if a login with them is refused."""
+        keys = self._scram
+        try:
+            return await super()._connect(timeout)
+        except psycopg.OperationalError as exc:
+            pgconn = getattr(exc, "pgconn", None)
+            if keys is None or not getattr(pgconn, "used_password", False):
+                raise
+            # The login got as far as the password: perhaps the role's password
+            # was set again (a new salt). If the password alone works, drop the keys.
+            self._scram = None
+            try:
+                conn = await super()._connect(timeout)
+            except BaseException:
+                if self._scram is None:
+                    self._scram = keys  # not the keys' fault
+                raise
+            self.counters["scram_fallbacks"] += 1
+            logger.warning("readonly pool %r: a login with the derived SCRAM keys was refused and "
+                           "one with the password succeeded (was the role's password set again?); "
+                           "new connections hash the password from now on", self.alias)
+            return conn
+
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
         try:
-            conn = await super()._connect(timeout)
+            conn = await self._connect_keyed(timeout)
         except Exception as exc:
             message = self.session.scrub(str(exc).strip())
             report_failure(self.alias, message)
@@ -431,14 +474,27 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     async def start(self) -> None:
         """Open the pool; with PREWARM, wait until every connection is verified."""
+        started = monotonic()
         if not self.settings.prewarm:
+            if self._reuse_scram_keys:  # in the background: startup does not wait for it
+                self._scram_task = asyncio.get_running_loop().create_task(
+                    self._derive_scram_keys(self.settings.connect_timeout),
+                    name=f"{self.name}-scram-keys",
+                )
             await self.open(wait=False)
             self._after_open()
             return
+        try:
+            if self._reuse_scram_keys:
+                # at most a third of the prewarm's time: the rest is for the connections
+                await self._derive_scram_keys(min(self.settings.connect_timeout, self.settings.prewarm_timeout / 3))
+        except BaseException:
+            self._scram = None
+            raise
         self._skip_initial_fill = True
         await self.open(wait=False)
         try:
-            await self._prewarm()
+            await self._prewarm(started)
         except BaseException:
             await self.close(timeout=1.0)
             raise
@@ -462,13 +518,13 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             raise
         return conn
 
-    async def _prewarm(self) -> None:
+    async def _prewarm(self, started: float) -> None:
         n = self._min_size
-        started = monotonic()
         logger.info("readonly pool %r: prewarming %d connections to %s", self.alias, n,
                     self.target.describe())
         tasks = [asyncio.ensure_future(self._prewarm_one()) for _ in range(n)]
-        _, pending = await asyncio.wait(tasks, timeout=self.settings.prewarm_timeout)
+        budget = max(0.05, self.settings.prewarm_timeout - (monotonic() - started))
+        _, pending = await asyncio.wait(tasks, timeout=budget)
         for task in pending:
             task.cancel()
         if pending:
@@ -526,7 +582,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                             self.alias, len(to_close), self._nconns)
 
     async def close(self, timeout: float = 5.0) -> None:
-        for task in (self._reaper, self._flushing):
+        for task in (self._reaper, self._flushing, self._scram_task):
             if task is not None and not task.done():
                 task.cancel()
         if self._closed:
@@ -557,7 +613,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         every connection the pool opened, also one a worker was resetting.
         """
         self._closed = True
-        for task in (self._reaper, self._flushing, self._sched_runner, *self._workers):
+        for task in (self._reaper, self._flushing, self._scram_task, self._sched_runner, *self._workers):
             if task is not None and not task.done():
                 task.cancel()
         self._workers, self._sched_runner = [], None
@@ -622,6 +678,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         stats = super().get_stats()
         stats.update(self.counters)
         stats["in_use"] = self.in_use
+        stats["scram_keys"] = int(self._scram is not None)
         return stats
 
 

@@ -43,8 +43,14 @@ def test_password_absent_from_errors_logs_reprs(topology: Topology, caplog: pyte
         arun(open_pools(["readonly"]))
     texts.append(str(wrong.value))
 
+    derived: list[str] = []
+
     async def reads() -> list[str]:
-        out = [repr(pool) for pool in (await open_pools(["readonly"])).values()]
+        pools = await open_pools(["readonly"])
+        if pools["readonly"]._scram_task is not None:  # without PREWARM: derived in the background
+            await pools["readonly"]._scram_task
+        derived.extend((pools["readonly"]._scram or {}).values())
+        out = [repr(pool) for pool in pools.values()]
         out += [repr(registry.ready("readonly")), repr(registry.ready("readonly").session)]  # type: ignore[union-attr]
         with override_settings(DEBUG=True):
             await Book.objects.acount()
@@ -74,6 +80,7 @@ def test_password_absent_from_errors_logs_reprs(topology: Topology, caplog: pyte
     everything = "\n".join(texts)
     assert "password authentication failed" in everything  # the errors did happen ...
     assert secret not in everything  # ... without the password in them
+    assert len(derived) == 2 and not any(key in everything for key in derived)  # nor the SCRAM keys
     assert secret.replace("'", "\\'") not in everything and "p@ss:w/o%rd" not in everything
 
 
@@ -207,3 +214,17 @@ def test_tls_with_the_wrong_ca_fails_clearly(tls_replica: Any) -> None:
     assert doc["returncode"] == 1 and doc["status"] == "unhealthy"
     assert "certificate verify failed" in doc["aliases"][0]["errors"][0]["message"]
 
+
+
+def test_scram_keys_over_tls_only_with_the_right_ca(tls_replica: Any, topology: Topology) -> None:
+    """The key probe checks the certificate as libpq would: with the wrong CA it
+    does not even send the user name."""
+    import asyncio
+
+    from django_readonly_pool.scram import derive_keys
+
+    standby, good, bad = tls_replica
+    base = {"host": "127.0.0.1", "port": standby.port, "user": "postgres", "password": topology.password,
+            "dbname": "postgres", "sslmode": "verify-full"}
+    assert asyncio.run(derive_keys({**base, "sslrootcert": str(good)}, timeout=10)) is not None
+    assert asyncio.run(derive_keys({**base, "sslrootcert": str(bad)}, timeout=10)) is None

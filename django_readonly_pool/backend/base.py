@@ -34,7 +34,7 @@ from django.utils.functional import cached_property
 from psycopg import AsyncClientCursor, AsyncCursor, sql
 
 from django_readonly_pool.bridge import await_only, in_bridge
-from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings
+from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings, app_settings
 from django_readonly_pool.errors import ReadOnlyAliasError
 from django_readonly_pool.pool import ReadPool, SessionSetup, SyncReadPool, registry
 
@@ -195,7 +195,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 host=str(kwargs.get("host", "")), port=str(kwargs.get("port", "")),
                 dbname=str(kwargs.get("dbname", "")), user=str(kwargs.get("user", "")),
             )
-        return ReadPool(alias, s, target, kwargs, session, on_server_version=remember)
+        return ReadPool(alias, s, target, kwargs, session, on_server_version=remember,
+                        reuse_scram_keys=app_settings().reuse_scram_keys)
 
     def cursor(self) -> Any:
         if in_bridge():
