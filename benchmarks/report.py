@@ -134,7 +134,9 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"warms (SQLAlchemy + asyncpg checkouts; {lb['speedup']}x) and {lb['one_by_one_psycopg_s']} s with "
                   f"psycopg ({lb['speedup_vs_psycopg_one_by_one']}x); through 1 ms of added latency each way "
                   f"{px['parallel_s']} s against {px['one_by_one_reference_s']} s ({px['speedup']}x) and "
-                  f"{px['one_by_one_psycopg_s']} s ({px['speedup_vs_psycopg_one_by_one']}x)."]
+                  f"{px['one_by_one_psycopg_s']} s ({px['speedup_vs_psycopg_one_by_one']}x). In parallel but hashing "
+                  f"the password on every login (`REUSE_SCRAM_KEYS=False`): {lb.get('parallel_hashing_every_login_s')} s "
+                  f"on loopback, {px.get('parallel_hashing_every_login_s')} s through the delay."]
         f = claims["first_300_requests"]
         lines.append(f"* First 300 requests after start (c=64): p99 {f['prewarmed']['p99_ms']} ms prewarmed, "
                      f"{f['cold']['p99_ms']} ms cold.")
