@@ -45,6 +45,8 @@ from typing import Any, Final
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg.types import TypeInfo
+from psycopg.types.hstore import register_hstore
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 from psycopg_pool.pool_async import ReturnConnection, StopWorker
@@ -132,6 +134,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         *,
         on_server_version: Callable[[int], None] | None = None,
         reuse_scram_keys: bool = False,
+        postgres_types: bool = False,
     ) -> None:
         self.alias = alias
         self.settings = settings
@@ -150,6 +153,11 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._reuse_scram_keys = reuse_scram_keys and libpq_supports_keys()
         self._scram: dict[str, str] | None = None  # secrets: never logged or shown
         self._scram_task: asyncio.Task[None] | None = None
+        # django.contrib.postgres: hstore / citext[] loaders, as Django registers
+        # them on its own connections (type OIDs looked up once per pool).
+        self._postgres_types = postgres_types
+        self._type_infos: tuple[TypeInfo, ...] | None = None
+        self._types_lock = asyncio.Lock()
         self.in_use = 0  # connections held by clients right now
         self.prewarmed = False
         self.prewarm_seconds: float | None = None
@@ -255,6 +263,15 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             await conn.execute(statement)
         if self.session.isolation_level is not None:
             await conn.set_isolation_level(self.session.isolation_level)  # type: ignore[arg-type]
+        if self._postgres_types:
+            infos = self._type_infos
+            if infos is None:
+                infos = await self._fetch_type_infos(conn)
+            for info in infos:
+                if info.name == "hstore":
+                    register_hstore(info, conn)
+                else:
+                    info.register(conn)
         if conn.info.transaction_status != _IDLE:
             await conn.commit()
         if self._reset_sql is None:
@@ -266,6 +283,21 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                 parts.append(again)
             self._reset_sql = sql.SQL("; ").join(parts)
         conn._rop_used_at = monotonic()  # type: ignore[attr-defined]  # verified by connecting
+
+    async def _fetch_type_infos(self, conn: AsyncConnection[Any]) -> tuple[TypeInfo, ...]:
+        """The hstore and citext types of the database, as django.contrib.postgres
+        looks them up (every schema; citext needs only its array loader)."""
+        async with self._types_lock:
+            if self._type_infos is None:
+                cursor = await conn.execute(
+                    "SELECT typname, oid, typarray FROM pg_catalog.pg_type"
+                    " WHERE typname IN ('hstore', 'citext')"
+                )
+                self._type_infos = tuple(
+                    TypeInfo(name, oid if name == "hstore" else 0, array_oid)
+                    for name, oid, array_oid in await cursor.fetchall()
+                )
+            return self._type_infos
 
     async def _reset_session(self, conn: AsyncConnection[Any]) -> None:
         """POOL_SKIP_ROLLBACK false: one round trip back to a clean session."""

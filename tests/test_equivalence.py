@@ -316,3 +316,34 @@ def test_router_sends_plain_async_reads_to_the_pool() -> None:
         return book._state.db, author._state.db
 
     assert arun(main()) == ("readonly", "readonly")
+
+
+@pytest.mark.parametrize("alias", ["readonly", "readonly_bouncer"])
+def test_contrib_postgres_types_load_as_on_sync_connections(alias: str, topology: Any) -> None:
+    """hstore and citext[] come back as Django's sync connections return them
+    (django.contrib.postgres registers their loaders on each connection)."""
+    from django.contrib.postgres.fields import ArrayField, HStoreField
+    from django.contrib.postgres.signals import get_citext_oids, get_hstore_oids
+    from django.db import connections
+    from django.db.models.expressions import RawSQL
+    from django.test import override_settings
+
+    with connections["default"].cursor() as cursor:
+        cursor.execute("CREATE EXTENSION IF NOT EXISTS hstore; CREATE EXTENSION IF NOT EXISTS citext")
+    topology.wait_for_replay()
+    get_hstore_oids.cache_clear()  # Django caches "no such type" per alias
+    get_citext_oids.cache_clear()
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+
+    def query(a: str) -> Any:
+        return Book.objects.using(a).annotate(
+            h=RawSQL("'a=>1, b=>NULL, \"c d\"=>\"é\"'::hstore", (), output_field=HStoreField()),
+            c=RawSQL("ARRAY['X', 'y']::citext[]", (), output_field=ArrayField(models.TextField())),
+        ).values_list("h", "c")
+
+    with override_settings(READONLY_POOL={"TESTS_READ_PRIMARY": False, "READONLY_ALIASES": ["readonly"]}):
+        expected = query(alias).first()
+        got = arun(query(alias).afirst())
+    assert expected == ({"a": "1", "b": None, "c d": "é"}, ["X", "y"])
+    assert got == expected

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
@@ -196,7 +197,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 dbname=str(kwargs.get("dbname", "")), user=str(kwargs.get("user", "")),
             )
         return ReadPool(alias, s, target, kwargs, session, on_server_version=remember,
-                        reuse_scram_keys=app_settings().reuse_scram_keys)
+                        reuse_scram_keys=app_settings().reuse_scram_keys,
+                        postgres_types=apps.is_installed("django.contrib.postgres"))
 
     def cursor(self) -> Any:
         if in_bridge():
