@@ -25,15 +25,17 @@ def python312() -> str | None:
     """A Python 3.12+ interpreter (django-async-backend needs one)."""
     import glob
     import shutil
+    import subprocess
 
-    for candidate in ("python3.13", "python3.12"):
-        found = shutil.which(candidate)
-        if found:
-            return found
+    candidates = [shutil.which(name) for name in ("python3.13", "python3.12")]
     for pattern in ("~/.pyenv/versions/3.13*/bin/python", "~/.pyenv/versions/3.12*/bin/python"):
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        if matches:
-            return matches[-1]
+        candidates += sorted(glob.glob(os.path.expanduser(pattern)), reverse=True)
+    for candidate in filter(None, candidates):
+        # A pyenv shim is on PATH even when its version is not selected: run it.
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                               capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
     return None
 
 

@@ -22,6 +22,9 @@ from typing import Any
 __all__ = ["ProcessTcpProxy", "TcpProxy"]
 
 
+_BACKLOG = 4096
+
+
 class TcpProxy:
     def __init__(self, target_port: int, *, target_host: str = "127.0.0.1", delay: float = 0.0,
                  barrier: int = 0) -> None:
@@ -77,7 +80,11 @@ class TcpProxy:
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
         self._released = asyncio.Event()
-        self._server = loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        # A backlog like a server's (asyncio's default of 100 drops the SYNs of
+        # a burst of connects, which the client resends only after 1 s).
+        self._server = loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=_BACKLOG)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
