@@ -44,7 +44,7 @@ from typing import Any, Final
 
 import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg.pq import ConnStatus, ExecStatus, TransactionStatus
 from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
@@ -65,6 +65,7 @@ _IDLE: Final = TransactionStatus.IDLE
 _INTRANS: Final = TransactionStatus.INTRANS
 _INERROR: Final = TransactionStatus.INERROR
 _BAD: Final = ConnStatus.BAD
+_TUPLES_OK: Final = ExecStatus.TUPLES_OK
 _RECONNECT_DELAY_CAP: Final = 2.0  # seconds between reconnect attempts, at most
 _RECENT_ERROR_WINDOW: Final = 60.0
 
@@ -662,10 +663,12 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     async def execute(
         self, query: Any, params: Sequence[Any] | None
-    ) -> tuple[Any, list[Any] | None, int, Any, str | None]:
+    ) -> tuple[psycopg.AsyncCursor[Any], list[Any] | None]:
         """Run one statement on a borrowed connection and return it at once.
 
-        Returns ``(description, rows, rowcount, psycopg query, status message)``.
+        Returns the psycopg cursor (its result, description and status stay
+        readable after the connection went back) and the rows, or None when the
+        statement returned no result set.
         """
         self.counters["statements"] += 1
         retried = False
@@ -680,9 +683,12 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                         self._query_timeout, _shutdown_socket, conn.pgconn.socket
                     )
                 await cur.execute(query, params)
-                description = cur.description
-                rows = await cur.fetchall() if description is not None else None
-                return description, rows, cur.rowcount, cur._query, cur.statusmessage
+                res = cur.pgresult
+                # What makes psycopg's cursor.description not None, without
+                # building the Column objects (done on demand by the caller).
+                if res is not None and (res.nfields or res.status == _TUPLES_OK):
+                    return cur, await cur.fetchall()
+                return cur, None
             except psycopg.OperationalError as exc:
                 if timer is not None and timer.when() <= asyncio.get_running_loop().time():
                     self.counters["query_timeouts"] += 1

@@ -129,6 +129,9 @@ def _pool_for(alias: str) -> ReadPool:
     return pool
 
 
+_PENDING: Any = object()  # description not built yet
+
+
 class BridgeCursor:
     """A DB-API cursor whose statements await the pool (used inside the bridge)."""
 
@@ -136,7 +139,8 @@ class BridgeCursor:
 
     def __init__(self, alias: str) -> None:
         self.alias = alias
-        self.description: Sequence[Any] | None = None
+        self._description: Any = None
+        self._source: Any = None  # the psycopg cursor of the last statement
         self.rowcount = -1
         self.statusmessage: str | None = None
         self._query: Any = None
@@ -153,11 +157,27 @@ class BridgeCursor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def description(self) -> Sequence[Any] | None:
+        """psycopg's description of the last result, built when first asked for
+        (most ORM reads never look at it)."""
+        description = self._description
+        if description is _PENDING:
+            description = self._description = self._source.description
+        return description  # type: ignore[no-any-return]
+
+    @description.setter
+    def description(self, value: Sequence[Any] | None) -> None:
+        self._description = value
+
     def execute(self, query: Any, params: Any = None) -> BridgeCursor:
         pool = _pool_for(self.alias)
-        self.description, rows, self.rowcount, self._query, self.statusmessage = await_only(
-            pool.execute(query, params)
-        )
+        cur, rows = await_only(pool.execute(query, params))
+        self._source = cur
+        self._description = _PENDING if rows is not None else None
+        self.rowcount = cur.rowcount
+        self._query = cur._query
+        self.statusmessage = cur.statusmessage
         self._rows = rows if rows is not None else []
         self._pos = 0
         return self
