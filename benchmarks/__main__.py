@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         run["duration_s"] = time.monotonic() - started
         document = report.write(run)
     finally:
+        if "django_readonly_pool.health" in sys.modules:
+            sys.modules["django_readonly_pool.health"].monitor.stop()  # before its replica goes
         topology.stop()
     for row in document["targets"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[row["met"]]
