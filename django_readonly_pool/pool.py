@@ -20,7 +20,10 @@ the reference's variables need:
 * **MAX_OVERFLOW** connections are closed once idle for
   ``OVERFLOW_IDLE_TIMEOUT`` (all of them, not one per ``max_idle``).
 * Checkout and putback take a lock-free fast path when a connection is ready
-  and nobody waits (asyncio code between two awaits cannot interleave).
+  and nobody waits (asyncio code between two awaits cannot interleave). It
+  hands out the most recently returned connection (LIFO, SQLAlchemy's
+  ``pool_use_lifo``): with FIFO a pool larger than the traffic of one
+  ``PRE_PING_INTERVAL`` would ping on every checkout.
 
 :data:`registry` keeps one pool per event loop and alias: a pool belongs to the
 loop it was opened on. Pools of a loop are closed when the loop shuts its tasks
@@ -350,6 +353,11 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             logger.info("readonly pool %r: dead connection found, checking idle ones", self.alias)
             self._flushing = asyncio.get_running_loop().create_task(self.check())
 
+    async def _get_ready_connection(self, timeout: float | None) -> AsyncConnection[Any] | None:
+        if len(self._pool) > 1:
+            self._pool.rotate(1)  # last in, first out (psycopg takes the left end)
+        return await super()._get_ready_connection(timeout)
+
     async def _getconn_with_check_loop(self, deadline: float) -> AsyncConnection[Any]:
         # psycopg sleeps 1, 2, 4 ... s after each failed check; here a failed
         # check flushes the idle connections and the loop goes on at once (the
@@ -376,7 +384,11 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         if pool and not self._waiting and not self._closed:
             # Fast path: no await between the test and the pop, so no other
             # task can interleave; fairness holds because nobody waits.
-            conn = pool.popleft()
+            # Last in, first out: steady traffic keeps reusing the connections
+            # it just used (inside the pre-ping window, so unpinged); the ones
+            # it does not need stay idle at the other end, where the overflow
+            # reaper closes them.
+            conn = pool.pop()
             self._nconns_min = min(self._nconns_min, len(pool))
             self._stats["requests_num"] += 1
             conn._pool = self
@@ -605,7 +617,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             surplus = min(self._nconns_min, self._nconns - self._min_size, len(self._pool))
             to_close = []
             for _ in range(max(0, surplus)):
-                to_close.append(self._pool.pop())
+                to_close.append(self._pool.popleft())  # the longest idle
                 self._nconns -= 1
             for conn in to_close:
                 self.counters["overflow_closed"] += 1
@@ -733,7 +745,8 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
     Here a failed check flushes the idle connections in the background and the
     checkout goes on at once; checks are skipped for connections used within
     ``PRE_PING_INTERVAL`` and bounded by ``CHECK_TIMEOUT``; reconnect attempts
-    are at most 2 s apart.
+    are at most 2 s apart; the most recently returned connection is handed out
+    first (LIFO), as by the async pool.
     """
 
     def __init__(self, *args: Any, pre_ping: bool = True, ping_interval: float = 0.5,
@@ -742,6 +755,11 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
         self._check_timeout = check_timeout
         self._flushing: threading.Thread | None = None
         super().__init__(*args, check=self.check_connection if pre_ping else None, **kwargs)
+
+    def _get_ready_connection(self, timeout: float | None) -> Any:
+        if len(self._pool) > 1:
+            self._pool.rotate(1)  # last in, first out (psycopg takes the left end)
+        return super()._get_ready_connection(timeout)
 
     def _getconn_with_check_loop(self, deadline: float) -> Any:
         while True:

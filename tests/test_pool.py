@@ -178,6 +178,36 @@ def test_pre_ping_after_the_window(topology: Topology, counter_role: str) -> Non
     assert later == quick + 1
 
 
+def _backend_pid() -> int:
+    with connections["readonly"].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return int(cursor.fetchone()[0])
+
+
+def test_steady_traffic_reuses_the_last_connection_unpinged(topology: Topology) -> None:
+    """LIFO checkout: light sequential traffic on a large pool keeps using the
+    connection it just returned, inside the pre-ping window (with FIFO each
+    checkout would get the connection idle longest, and ping it)."""
+    settings = settings_for(autocommit=True, pool_skip_rollback=True, pre_ping=True,
+                            pre_ping_interval=0.3, pool_size=8, max_overflow=0, prewarm=True)
+
+    async def main() -> tuple[set[int], int, int]:
+        pool = (await open_pools(["readonly"]))["readonly"]
+        await asyncio.sleep(0.4)  # every connection idle past the window
+        before = pool.get_stats()
+        pids = set()
+        for _ in range(20):  # 8 connections would each idle 0.4 s round robin
+            pids.add(await run(_backend_pid))
+            await asyncio.sleep(0.05)
+        after = pool.get_stats()
+        return pids, after["checks"] - before["checks"], after["checks_skipped"] - before["checks_skipped"]
+
+    with pools_made_by(settings):
+        pids, checks, skipped = arun(main())
+    assert len(pids) == 1, pids  # one server backend served them all
+    assert (checks, skipped) == (1, 19)
+
+
 # -- PREWARM ----------------------------------------------------------------- #
 
 
@@ -561,3 +591,18 @@ def test_sync_reads_use_djangos_pool_with_the_same_settings() -> None:
     assert Book.objects.using("readonly").count() == 60
     assert conn.connection is not None and conn.connection.autocommit
     assert conn.connection.info.transaction_status == 0  # IDLE
+
+
+def test_sync_pool_hands_out_the_last_returned_connection() -> None:
+    conn = connections["readonly"]
+    pool = conn.pool
+    assert pool.min_size >= 2
+    pool.open()
+    pool.wait(timeout=30)  # every POOL_SIZE connection idle in the pool
+    pids = set()
+    for _ in range(3 * pool.min_size):
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pids.add(cursor.fetchone()[0])
+        conn.close()  # back to the pool, as at the end of a request
+    assert len(pids) == 1, pids
