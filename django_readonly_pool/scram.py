@@ -263,7 +263,7 @@ async def _open(p: dict[str, str], endpoint: _Endpoint) -> _Wire:
     return wire
 
 
-async def _first_half(p: dict[str, str], endpoint: _Endpoint) -> tuple[_Wire, str, str, bytes, int]:
+async def _first_half(p: dict[str, str], endpoint: _Endpoint) -> tuple[_Wire, str, str, str, bytes, int]:
     """Start a login up to the server's first SCRAM message (salt, iterations)."""
     wire = await _open(p, endpoint)
     try:
@@ -287,7 +287,7 @@ async def _first_half(p: dict[str, str], endpoint: _Endpoint) -> tuple[_Wire, st
         iterations = int(attrs.get("i", "0"))
         if iterations < 1:
             raise _Unsupported("protocol")
-        return wire, client_first_bare, server_first, base64.b64decode(attrs["s"]), iterations
+        return wire, client_first_bare, server_first, attrs["r"], base64.b64decode(attrs["s"]), iterations
     except BaseException:
         wire.close()
         raise
@@ -295,10 +295,9 @@ async def _first_half(p: dict[str, str], endpoint: _Endpoint) -> tuple[_Wire, st
 
 async def _login(p: dict[str, str], endpoint: _Endpoint) -> ScramKeys:
     """A complete login with derived keys: proves them (and the server's signature)."""
-    wire, client_first_bare, server_first, salt, iterations = await _first_half(p, endpoint)
+    wire, client_first_bare, server_first, nonce, salt, iterations = await _first_half(p, endpoint)
     try:
         client_key, server_key = _keys_for(p["password"], salt, iterations)
-        nonce = dict(item.split("=", 1) for item in server_first.split(","))["r"]
         final_bare = f"c=biws,r={nonce}"
         message = f"{client_first_bare},{server_first},{final_bare}".encode()
         stored_key = hashlib.sha256(client_key).digest()
@@ -321,7 +320,7 @@ async def _login(p: dict[str, str], endpoint: _Endpoint) -> ScramKeys:
 
 
 async def _salt_of(p: dict[str, str], endpoint: _Endpoint) -> tuple[bytes, int]:
-    wire, _, _, salt, iterations = await _first_half(p, endpoint)
+    wire, _, _, _, salt, iterations = await _first_half(p, endpoint)
     wire.close()
     return salt, iterations
 
@@ -338,7 +337,7 @@ async def derive_keys(params: dict[str, Any], *, timeout: float) -> ScramKeys | 
             _check_supported(p)
             endpoints = _endpoints(p)
             # a fresh salt per login (a pooler without stored verifiers) is useless
-            salts = {await _salt_of(p, endpoint) for endpoint in endpoints}
+            salts = set(await asyncio.gather(*(_salt_of(p, endpoint) for endpoint in endpoints)))
             keys = await _login(p, endpoints[0])
             salts.add((keys.salt, keys.iterations))
             if len(salts) != 1:
