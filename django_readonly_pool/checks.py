@@ -8,6 +8,7 @@ Errors stop the server from starting; warnings point at risky combinations.
 ``readonly_pool.E003``  a ``READONLY_ALIASES`` entry is missing or uses another ENGINE
 ``readonly_pool.E004``  the ``PRIMARY`` alias is missing, or is itself a pool alias
 ``readonly_pool.E005``  a pool alias has ``CONN_MAX_AGE`` other than 0
+``readonly_pool.E006``  a pool alias's ``OPTIONS`` hold a secret libpq would report back
 ``readonly_pool.W001``  the router is not in ``DATABASE_ROUTERS``
 ``readonly_pool.W002``  the app is installed but no alias uses its ENGINE
 ``readonly_pool.W003``  ``POOL_SKIP_ROLLBACK`` without ``AUTOCOMMIT``
@@ -15,6 +16,7 @@ Errors stop the server from starting; warnings point at risky combinations.
 ``readonly_pool.W005``  ``PREWARM_TIMEOUT`` shorter than ``CONNECT_TIMEOUT``
 ``readonly_pool.W006``  cookie read-your-writes on, but the middleware is missing
 ``readonly_pool.W007``  a pool alias is not a test mirror
+``readonly_pool.W008``  a pool alias's sessions can write (``--database`` only)
 =====================  ========================================================
 """
 
@@ -23,9 +25,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import ENGINE, OPTIONS_KEY, POOL_ENV_PREFIX, AppSettings, PoolSettings
+from .conf import ENGINE, OPTIONS_KEY, POOL_ENV_PREFIX, AppSettings, PoolSettings, refused_keyword
 from .errors import ConfigurationError
 
 __all__ = ["check_configuration"]
@@ -117,6 +119,14 @@ def _check_alias(alias: str, settings_dict: dict[str, Any]) -> list[CheckMessage
                  "variables; the README lists what each accepts.",
             id="readonly_pool.E002",
         )]
+    for key in settings_dict.get("OPTIONS") or {}:
+        refusal = refused_keyword(str(key)) if key != OPTIONS_KEY else None
+        if refusal is not None:
+            messages.append(Error(
+                f"DATABASES[{alias!r}]['OPTIONS']: {refusal}.",
+                hint="Remove it from OPTIONS (and from FIDES__DATABASE__READONLY_PARAMS).",
+                id="readonly_pool.E006",
+            ))
     if settings_dict.get("CONN_MAX_AGE", 0) != 0:
         messages.append(Error(
             f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {settings_dict.get('CONN_MAX_AGE')!r}: "
@@ -154,4 +164,37 @@ def _check_alias(alias: str, settings_dict: dict[str, Any]) -> list[CheckMessage
             hint="Set DATABASES[alias]['TEST'] = {'MIRROR': 'default'} (databases_from_env() does).",
             id="readonly_pool.W007",
         ))
+    return messages
+
+
+READ_ONLY_HINT = (
+    "Point the alias at a hot standby, or make the role read-only on the server: ALTER ROLE {user} "
+    "SET default_transaction_read_only = on. The pool sets it on direct connections; through a "
+    "pooler (PgBouncer) only the role's setting reaches the server."
+)
+
+
+@register(TAG, Tags.database)
+def check_read_only_sessions(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``manage.py check --database ALIAS``: can a session of the pool alias write?"""
+    from django.db import connections
+
+    messages: list[CheckMessage] = []
+    configured: dict[str, Any] = getattr(settings, "DATABASES", {}) or {}
+    for alias in databases or ():
+        if (configured.get(alias) or {}).get("ENGINE") != ENGINE:
+            continue
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_catalog.current_setting('transaction_read_only')")
+                (read_only,) = cursor.fetchone()
+        except Exception:  # noqa: BLE001 - unreachable servers are check_readonly_pool's business
+            continue
+        if read_only != "on":
+            messages.append(Warning(
+                f"DATABASES[{alias!r}]: its sessions can write (transaction_read_only is off): the "
+                "read-only guard is then the only thing between a mistaken statement and your data.",
+                hint=READ_ONLY_HINT.format(user=configured[alias].get("USER") or "..."),
+                id="readonly_pool.W008",
+            ))
     return messages

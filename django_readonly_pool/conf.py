@@ -71,10 +71,45 @@ _DEDICATED_KEYS: Final[Mapping[str, str]] = {
     "password": "PASSWORD",
     "dbname": "DB",
 }
-# libpq keywords whose values are secrets.
-SECRET_KEYS: Final = frozenset(
-    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-)
+
+
+
+@lru_cache(maxsize=1)
+def _libpq_options() -> dict[str, bytes]:
+    """libpq's connection keywords and their display class (b"*" secret, b"D" debug)."""
+    from psycopg import pq
+
+    return {o.keyword.decode(): o.dispchar for o in pq.Conninfo.get_defaults()}
+
+
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(_libpq_options())
+
+
+# libpq keywords whose values are secrets (masked in every message), from
+# libpq itself: its "password" and "debug" classes.
+SECRET_KEYS: Final = frozenset(k for k, dispchar in _libpq_options().items() if dispchar in (b"*", b"D"))
+
+
+def refused_keyword(key: str) -> str | None:
+    """Why the libpq parameter *key* may not be configured, or None.
+
+    libpq reports every parameter but ``password`` back through
+    ``conn.info.dsn`` and ``conn.info.get_parameters()``, which psycopg
+    documents as password-free and which get logged: any other secret (or a
+    debug option, some of which are as good as the password) would leak there.
+    """
+    dispchar = _libpq_options().get(key)
+    if dispchar == b"*":
+        hint = ("use a client key without a passphrase, readable only by the application (chmod 600)"
+                if key == "sslpassword" else "give the credential another way (a file, the password)")
+        return (f"{key!r} is refused: libpq reports it back through conn.info.dsn and "
+                f"conn.info.get_parameters() (documented as password-free, and often logged), "
+                f"so it would leak; {hint}")
+    if dispchar == b"D":
+        return (f"{key!r} is refused: it is a libpq debug option, and libpq reports it back "
+                "through conn.info.dsn, where some (derived keys) are as good as the password")
+    return None
 _MAX_IDENTIFIER_BYTES: Final = 63  # PostgreSQL's NAMEDATALEN - 1
 
 
@@ -423,13 +458,6 @@ def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- #
 
 
-@lru_cache(maxsize=1)
-def _libpq_keywords() -> frozenset[str]:
-    from psycopg import pq
-
-    return frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
-
-
 class _EnvReader:
     """Reads ``FIDES__DATABASE__*`` values and collects every problem."""
 
@@ -473,7 +501,7 @@ class _EnvReader:
         return [str(int(p)) for p in ports]
 
     def params(self, name: str, raw: str) -> dict[str, Any] | None:
-        secretish = any(k in raw.lower() for k in ("password", "secret", "scram_"))
+        secretish = "password" in raw.lower() or "secret" in raw.lower() or any(k in raw for k in SECRET_KEYS)
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -502,6 +530,9 @@ class _EnvReader:
                     f"{ENV_PREFIX}{name}: key {key!r} is not allowed here; set "
                     f"{ENV_PREFIX}{base}{_DEDICATED_KEYS[key]} instead"
                 )
+                ok = False
+            elif (refusal := refused_keyword(key)) is not None:
+                self.problems.append(f"{ENV_PREFIX}{name}: {refusal} (value {shown_item})")
                 ok = False
             elif key == "client_encoding":
                 self.problems.append(
@@ -704,9 +735,8 @@ class AppSettings:
     thread for every request (True).
     ``FAST_LANE``: cache the compiled SQL of ``aget(**kwargs)`` on untouched
     querysets per query shape (True); see django_readonly_pool.fastlane.
-    ``REUSE_SCRAM_KEYS``: derive the SCRAM keys of the pool's role once, so new
-    connections skip hashing the password (True; needs libpq 18, as in
-    psycopg-binary); see django_readonly_pool.scram.
+    ``HEALTH_DETAILS``: who gets the per-alias details of the health view:
+    "staff" (active staff users, the default), "always" or "never".
     """
 
     async_orm: bool = True
@@ -722,7 +752,7 @@ class AppSettings:
     tests_read_primary: bool = True
     skip_request_thread_hop: bool = True
     fast_lane: bool = True
-    reuse_scram_keys: bool = True
+    health_details: str = "staff"
 
     @classmethod
     def from_setting(cls, value: Any) -> AppSettings:
@@ -739,6 +769,9 @@ class AppSettings:
         for key, raw in value.items():
             name = fields.get(str(key))
             where = f"settings.{SETTING_NAME}[{key!r}]"
+            if key in REMOVED_SETTINGS:
+                problems.append(f"{where} was removed: {REMOVED_SETTINGS[key]}; delete the key")
+                continue
             if name is None:
                 problems.append(f"{where} is not a setting of django-readonly-pool"
                                 + _suggest(str(key), fields))
@@ -752,6 +785,10 @@ class AppSettings:
 
 
 _INVALID: Final = object()
+REMOVED_SETTINGS: Final = {
+    "REUSE_SCRAM_KEYS": "the SCRAM keys it derived were reported by libpq through conn.info.dsn and "
+                        "could log in as the role; every login now goes through libpq with the password",
+}
 
 
 def _check_app_value(name: str, raw: Any, where: str, problems: list[str]) -> Any:
@@ -759,8 +796,7 @@ def _check_app_value(name: str, raw: Any, where: str, problems: list[str]) -> An
         problems.append(f"{where}={raw!r} is not valid: expected {expected}")
         return _INVALID
 
-    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop", "fast_lane",
-                "reuse_scram_keys"):
+    if name in ("async_orm", "pin_after_write", "tests_read_primary", "skip_request_thread_hop", "fast_lane"):
         return raw if isinstance(raw, bool) else bad("True or False")
     if name in ("primary", "sticky_cookie"):
         return raw if isinstance(raw, str) and raw else bad("a non-empty string")
@@ -772,6 +808,8 @@ def _check_app_value(name: str, raw: Any, where: str, problems: list[str]) -> An
         return bad("a non-empty list of aliases, or None")
     if name == "fallback":
         return raw if raw in ("primary", "fail") else bad("'primary' or 'fail'")
+    if name == "health_details":
+        return raw if raw in ("staff", "always", "never") else bad("'staff', 'always' or 'never'")
     if name in ("sticky_seconds", "health_check_interval"):
         minimum = 0.0 if name == "sticky_seconds" else 0.05
         if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw) \

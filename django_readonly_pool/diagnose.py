@@ -154,10 +154,11 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
         "host(inet_server_addr()), inet_server_port(), "
         "pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
         "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, "
-        "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8"
+        "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
+        "pg_backend_pid()"
     )
     (version, version_num, in_recovery, read_only, max_conn, reserved, current, addr, port,
-     receive, replay, paused, age) = await cur.fetchone()
+     receive, replay, paused, age, server_pid) = await cur.fetchone()
     rtts = []
     for _ in range(20):
         started = time.monotonic()
@@ -167,7 +168,9 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
     configured_hosts = set(target.host.split(","))
     configured_ips = set().union(*(_resolve(h) for h in configured_hosts)) if target.host else set()
     configured_ports = {int(p) for p in (target.port or "5432").split(",")}
-    direct = (addr is None) or (addr in configured_ips and port in configured_ports)
+    # A pooler hands out a backend PID of its own at login (and may connect elsewhere).
+    direct = server_pid == conn.info.backend_pid and (
+        addr is None or (addr in configured_ips and port in configured_ports))
     report["server"] = {
         "version": version, "version_num": version_num, "in_recovery": in_recovery,
         "transaction_read_only": read_only == "on", "max_connections": max_conn,
@@ -237,6 +240,8 @@ async def _primary_lag(report: dict[str, Any], alias: str) -> None:
 
 
 def _risk_warnings(report: dict[str, Any], settings: PoolSettings, wrapper: Any) -> None:
+    from .checks import READ_ONLY_HINT
+
     warnings = report["warnings"]
     capacity = report.get("capacity")
     if capacity and capacity["headroom"] < 0:
@@ -248,6 +253,14 @@ def _risk_warnings(report: dict[str, Any], settings: PoolSettings, wrapper: Any)
                        f"(max_connections - reserved - current).",
         })
     server = report.get("server")
+    if server and not server["transaction_read_only"]:
+        warnings.append({
+            "id": "readonly_pool.W104",
+            "hint": READ_ONLY_HINT.format(user=report["target"]["user"] or "..."),
+            "message": f"Sessions at {server['address']} can write (transaction_read_only is off"
+                       f"{', behind a connection pooler' if server['pooler'] else ''}): the read-only guard "
+                       "is the only thing between a mistaken statement and the data.",
+        })
     prepare = wrapper.settings_dict["OPTIONS"].get("prepare_threshold")
     if server and server["pooler"] and prepare is not None:
         warnings.append({

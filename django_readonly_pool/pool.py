@@ -8,10 +8,14 @@ the reference's variables need:
   each with a round trip to the server, within ``PREWARM_TIMEOUT``; on failure
   it raises :class:`~django_readonly_pool.errors.PrewarmFailed` naming the
   server and the cause.
-* **POOL_SKIP_ROLLBACK** true: nothing is sent on return. False: one round trip
-  resets the session (``RESET ALL`` then Django's session settings again). An
+* **POOL_SKIP_ROLLBACK** true: nothing is sent on return (the guard refuses the
+  statements that would leave session state). False: one round trip clears the
+  session completely (what ``DISCARD ALL`` does) and configures it again. An
   open transaction (``AUTOCOMMIT`` false) is always rolled back, so no
   borrower ever inherits one.
+* Every connection is configured like Django's (time zone, role) and, when it
+  is direct (not through a pooler), made read-only on the server
+  (``default_transaction_read_only``).
 * **PRE_PING** checks a connection before handing it out unless it was used
   less than ``PRE_PING_INTERVAL`` ago; each check is bounded by
   ``CHECK_TIMEOUT``; the first dead connection found triggers a background
@@ -58,7 +62,6 @@ from . import health as _health
 from .conf import ConnectionTarget, PoolSettings
 from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
 from .health import breaker_open, report_failure
-from .scram import derive_keys, libpq_supports_keys
 
 __all__ = ["ReadPool", "SessionSetup", "SyncReadPool", "close_pools", "open_pools", "registry"]
 
@@ -71,6 +74,26 @@ _BAD: Final = ConnStatus.BAD
 _TUPLES_OK: Final = ExecStatus.TUPLES_OK
 _RECONNECT_DELAY_CAP: Final = 2.0  # seconds between reconnect attempts, at most
 _RECENT_ERROR_WINDOW: Final = 60.0
+# A statement failed this way on a connection that died while idle (a server
+# restart): no answer at all, or the server ending the session. Anything else
+# (PgBouncer's query_wait_timeout ...) is the server's answer: not retried.
+_LOST_WHILE_IDLE: Final = frozenset({None, "57P01", "57P02", "57P03"})
+
+
+# Everything a borrower can leave in a session (DISCARD ALL, as statements that
+# may run in one round trip: DISCARD ALL itself refuses a multi-statement string).
+CLEAR_SESSION: Final = sql.SQL(
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; "
+    "SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+)
+# Read-only sessions wherever the server allows it: only on a direct connection,
+# known by the server's backend PID being the one libpq received at login (a
+# pooler such as PgBouncer hands out its own); through a pooler the setting
+# would stay on a server connection that other clients share.
+_READ_ONLY_IF_DIRECT: Final = sql.SQL(
+    "SELECT CASE WHEN pg_catalog.pg_backend_pid() = {} THEN "
+    "pg_catalog.set_config('default_transaction_read_only', 'on', false) END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +105,14 @@ class SessionSetup:
     isolation_level: int | None
     secrets: tuple[str, ...] = field(default=(), repr=False)  # masked in messages, never shown
 
-    def configure_sql(self, current_timezone: str | None) -> sql.Composed | None:
-        parts: list[sql.Composable] = []
-        if self.timezone_name and current_timezone != self.timezone_name:
+    def configure_sql(self, connect_timezone: str | None, backend_pid: int) -> sql.Composed:
+        """Django's session settings (time zone, role) and read-only, in one statement string.
+
+        *connect_timezone* is the server's time zone at connect time: after a
+        reset the session is back to it.
+        """
+        parts: list[sql.Composable] = [_READ_ONLY_IF_DIRECT.format(sql.Literal(backend_pid))]
+        if self.timezone_name and connect_timezone != self.timezone_name:
             parts.append(
                 sql.SQL("SELECT pg_catalog.set_config('TimeZone', {}, false)").format(
                     sql.Literal(self.timezone_name)
@@ -92,7 +120,11 @@ class SessionSetup:
             )
         if self.assume_role:
             parts.append(sql.SQL("SET ROLE {}").format(sql.Literal(self.assume_role)))
-        return sql.SQL("; ").join(parts) if parts else None
+        return sql.SQL("; ").join(parts)
+
+    def reset_sql(self, connect_timezone: str | None, backend_pid: int) -> sql.Composed:
+        """POOL_SKIP_ROLLBACK false: clear everything, then configure again."""
+        return sql.SQL("; ").join([CLEAR_SESSION, self.configure_sql(connect_timezone, backend_pid)])
 
     def scrub(self, text: str) -> str:
         """*text* with every secret replaced by the mask."""
@@ -137,7 +169,6 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         session: SessionSetup,
         *,
         on_server_version: Callable[[int], None] | None = None,
-        reuse_scram_keys: bool = False,
         postgres_types: bool = False,
     ) -> None:
         self.alias = alias
@@ -151,12 +182,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._skip_initial_fill = False
-        self._reset_sql: sql.Composed | None = None
         self._last_connect_error: tuple[float, str] | None = None
         self._connections: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
-        self._reuse_scram_keys = reuse_scram_keys and libpq_supports_keys()
-        self._scram: dict[str, str] | None = None  # secrets: never logged or shown
-        self._scram_task: asyncio.Task[None] | None = None
         # django.contrib.postgres: hstore / citext[] loaders, as Django registers
         # them on its own connections (type OIDs looked up once per pool).
         self._postgres_types = postgres_types
@@ -169,8 +196,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self.server_version: int | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
-             "query_timeouts", "checkout_timeouts", "overflow_closed", "statements",
-             "scram_fallbacks"),
+             "query_timeouts", "checkout_timeouts", "overflow_closed", "statements"),
             0,
         )
         super().__init__(
@@ -198,46 +224,9 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
 
     # -- connections -------------------------------------------------------- #
 
-    async def _resolve_kwargs(self) -> dict[str, Any]:
-        kwargs = await super()._resolve_kwargs()
-        keys = self._scram
-        return kwargs if keys is None else {**kwargs, **keys}
-
-    async def _derive_scram_keys(self, timeout: float) -> None:
-        """REUSE_SCRAM_KEYS: hash the password once, not on every connection."""
-        keys = await derive_keys(self.kwargs, timeout=timeout)  # type: ignore[arg-type]
-        if keys is not None:
-            self._scram = keys.params()
-            logger.info("readonly pool %r: SCRAM keys derived once (%d iterations); new "
-                        "connections skip hashing the password", self.alias, keys.iterations)
-
-    async def _connect_keyed(self, timeout: float | None) -> AsyncConnection[Any]:
-        """psycopg's connect, without the SCRAM keys if a login with them is refused."""
-        keys = self._scram
-        try:
-            return await super()._connect(timeout)
-        except psycopg.OperationalError as exc:
-            pgconn = getattr(exc, "pgconn", None)
-            if keys is None or not getattr(pgconn, "used_password", False):
-                raise
-            # The login got as far as the password: perhaps the role's password
-            # was set again (a new salt). If the password alone works, drop the keys.
-            self._scram = None
-            try:
-                conn = await super()._connect(timeout)
-            except BaseException:
-                if self._scram is None:
-                    self._scram = keys  # not the keys' fault
-                raise
-            self.counters["scram_fallbacks"] += 1
-            logger.warning("readonly pool %r: a login with the derived SCRAM keys was refused and "
-                           "one with the password succeeded (was the role's password set again?); "
-                           "new connections hash the password from now on", self.alias)
-            return conn
-
     async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:
         try:
-            conn = await self._connect_keyed(timeout)
+            conn = await super()._connect(timeout)
         except Exception as exc:
             message = self.session.scrub(str(exc).strip())
             report_failure(self.alias, message)
@@ -262,9 +251,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             if self._on_server_version is not None:
                 self._on_server_version(self.server_version)
         tz = conn.info.parameter_status("TimeZone")
-        statement = self.session.configure_sql(tz)
-        if statement is not None:
-            await conn.execute(statement)
+        await conn.execute(self.session.configure_sql(tz, conn.info.backend_pid))
         if self.session.isolation_level is not None:
             await conn.set_isolation_level(self.session.isolation_level)  # type: ignore[arg-type]
         if self._postgres_types:
@@ -278,14 +265,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                     info.register(conn)
         if conn.info.transaction_status != _IDLE:
             await conn.commit()
-        if self._reset_sql is None:
-            # RESET ALL returns the session to its connect-time values, so the
-            # settings applied above must follow it.
-            parts: list[sql.Composable] = [sql.SQL("RESET ALL")]
-            again = self.session.configure_sql(tz)
-            if again is not None:
-                parts.append(again)
-            self._reset_sql = sql.SQL("; ").join(parts)
+        if self._reset is not None:
+            conn._rop_reset_sql = self.session.reset_sql(tz, conn.info.backend_pid)  # type: ignore[attr-defined]
         conn._rop_used_at = monotonic()  # type: ignore[attr-defined]  # verified by connecting
 
     async def _fetch_type_infos(self, conn: AsyncConnection[Any]) -> tuple[TypeInfo, ...]:
@@ -304,14 +285,15 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             return self._type_infos
 
     async def _reset_session(self, conn: AsyncConnection[Any]) -> None:
-        """POOL_SKIP_ROLLBACK false: one round trip back to a clean session."""
-        assert self._reset_sql is not None
+        """POOL_SKIP_ROLLBACK false: one round trip back to a clean, configured session
+        (role, settings, locks, prepared statements, listeners, temp objects, cursors)."""
+        statement = conn._rop_reset_sql  # type: ignore[attr-defined]
         if conn.autocommit:
-            await conn.execute(self._reset_sql)
+            await conn.execute(statement)
         else:
             await conn.set_autocommit(True)  # client-side only while IDLE
             try:
-                await conn.execute(self._reset_sql)
+                await conn.execute(statement)
             finally:
                 await conn.set_autocommit(False)
 
@@ -521,21 +503,9 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         """Open the pool; with PREWARM, wait until every connection is verified."""
         started = monotonic()
         if not self.settings.prewarm:
-            if self._reuse_scram_keys:  # in the background: startup does not wait for it
-                self._scram_task = asyncio.get_running_loop().create_task(
-                    self._derive_scram_keys(self.settings.connect_timeout),
-                    name=f"{self.name}-scram-keys",
-                )
             await self.open(wait=False)
             self._after_open()
             return
-        try:
-            if self._reuse_scram_keys:
-                # at most a third of the prewarm's time: the rest is for the connections
-                await self._derive_scram_keys(min(self.settings.connect_timeout, self.settings.prewarm_timeout / 3))
-        except BaseException:
-            self._scram = None
-            raise
         self._skip_initial_fill = True
         await self.open(wait=False)
         try:
@@ -553,15 +523,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             )
 
     async def _prewarm_one(self) -> AsyncConnection[Any]:
-        conn = await self._connect()
-        try:
-            await conn.execute("")  # a round trip to the server (also through PgBouncer)
-            if conn.info.transaction_status != _IDLE:
-                await conn.rollback()
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
+        # Verified by its configuration's round trip to the server (through a pooler too).
+        return await self._connect()
 
     async def _prewarm(self, started: float) -> None:
         n = self._min_size
@@ -627,7 +590,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                             self.alias, len(to_close), self._nconns)
 
     async def close(self, timeout: float = 5.0) -> None:
-        for task in (self._reaper, self._flushing, self._scram_task):
+        for task in (self._reaper, self._flushing):
             if task is not None and not task.done():
                 task.cancel()
         if self._closed:
@@ -658,7 +621,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         every connection the pool opened, also one a worker was resetting.
         """
         self._closed = True
-        for task in (self._reaper, self._flushing, self._scram_task, self._sched_runner, *self._workers):
+        for task in (self._reaper, self._flushing, self._sched_runner, *self._workers):
             if task is not None and not task.done():
                 task.cancel()
         self._workers, self._sched_runner = [], None
@@ -685,7 +648,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self.counters["statements"] += 1
         retried = False
         while True:
-            conn = await self.getconn()
+            # A retry waits no longer than a check would: it is for a stale connection.
+            conn = await self.getconn(min(self.timeout, self._check_timeout) if retried else None)
             pinged = monotonic() - conn._rop_used_at >= self._ping_interval  # type: ignore[attr-defined]
             timer = None
             try:
@@ -711,7 +675,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                     ) from None
                 if conn.pgconn.status == _BAD:
                     report_failure(self.alias, str(exc))
-                if conn.pgconn.status == _BAD and not retried and (not pinged or self._check is None):
+                if (conn.pgconn.status == _BAD and exc.sqlstate in _LOST_WHILE_IDLE and not retried
+                        and (not pinged or self._check is None)):
                     # The connection died while idle and was not pinged (used
                     # recently): flush its peers and retry this read once.
                     retried = True
@@ -728,7 +693,6 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         stats = super().get_stats()
         stats.update(self.counters)
         stats["in_use"] = self.in_use
-        stats["scram_keys"] = int(self._scram is not None)
         return stats
 
 
@@ -749,12 +713,31 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
     first (LIFO), as by the async pool.
     """
 
-    def __init__(self, *args: Any, pre_ping: bool = True, ping_interval: float = 0.5,
-                 check_timeout: float = 5.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, session: SessionSetup, reset_sessions: bool, pre_ping: bool = True,
+                 ping_interval: float = 0.5, check_timeout: float = 5.0, **kwargs: Any) -> None:
         self._ping_interval = ping_interval
         self._check_timeout = check_timeout
         self._flushing: threading.Thread | None = None
-        super().__init__(*args, check=self.check_connection if pre_ping else None, **kwargs)
+        self.session = session
+        self._reset_sessions = reset_sessions
+        super().__init__(*args, check=self.check_connection if pre_ping else None,
+                         configure=self._configure_session, **kwargs)
+
+    def _configure_session(self, conn: Any) -> None:
+        """Django's session settings (time zone, role), read-only when direct."""
+        tz = conn.info.parameter_status("TimeZone")
+        conn.execute(self.session.configure_sql(tz, conn.info.backend_pid))  # autocommit: see the backend
+        conn._rop_reset_sql = self.session.reset_sql(tz, conn.info.backend_pid)
+
+    def _reset_session(self, conn: Any) -> None:
+        """POOL_SKIP_ROLLBACK false: back to a clean, configured session (in the
+        returning thread, so the connection is back at once, for the next
+        borrower: last in, first out)."""
+        if conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+        if not conn.autocommit:
+            conn.autocommit = True  # client-side only while IDLE; Django sets it on checkout
+        conn.execute(conn._rop_reset_sql)
 
     def _get_ready_connection(self, timeout: float | None) -> Any:
         if len(self._pool) > 1:
@@ -792,6 +775,11 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
             self._flushing.start()
 
     def putconn(self, conn: Any) -> None:
+        if self._reset_sessions and not conn.closed and conn.pgconn.status != _BAD:
+            try:
+                self._reset_session(conn)
+            except psycopg.Error:
+                conn.close()  # not known clean: psycopg discards it and opens another
         conn._rop_used_at = monotonic()
         super().putconn(conn)
 

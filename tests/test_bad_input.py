@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from django_readonly_pool import databases_from_env
-from django_readonly_pool.conf import POOL_FIELDS, PoolSettings, _libpq_keywords
+from django_readonly_pool.conf import POOL_FIELDS, SECRET_KEYS, PoolSettings, _libpq_keywords
 
 P = "FIDES__DATABASE__"
 TRIED: Counter[str] = Counter()
@@ -138,7 +138,9 @@ def test_host_lists(hosts: list[str], data: st.DataObject) -> None:
 
 
 SCALAR = st.one_of(st.text(max_size=20), st.integers(-10**6, 10**6), st.booleans())
-ALLOWED_KEYS = sorted(_libpq_keywords() - {"host", "port", "user", "password", "dbname", "client_encoding"})
+ALLOWED_KEYS = sorted(_libpq_keywords() - {"host", "port", "user", "password", "dbname", "client_encoding"}
+                      - SECRET_KEYS)
+REPORTED_SECRETS = sorted(SECRET_KEYS - {"password"})  # libpq reports them through conn.info.dsn
 
 
 @config
@@ -159,6 +161,16 @@ def test_params(params: dict[str, Any], bad: str) -> None:
     expected = {k: (int(v) if isinstance(v, bool) else v) for k, v in options.items()}
     assert {k: v for k, v in dbs["readonly"]["OPTIONS"].items() if k != "readonly_pool"} == expected
     reject({P + "PARAMS": bad}, P + "PARAMS")
+
+
+@config
+@given(key=st.sampled_from(REPORTED_SECRETS), value=st.text(min_size=6, alphabet="abcdefXYZ0123456789"),
+       where=st.sampled_from(["PARAMS", "READONLY_PARAMS"]))
+def test_params_libpq_would_report_back_are_refused(key: str, value: str, where: str) -> None:
+    TRIED["reported secrets"] += 1
+    message = reject({P + "READONLY_SERVER": "r", P + where: json.dumps({key: value})}, P + where)
+    assert repr(key) in message and "conn.info.dsn" in message
+    assert value not in message
 
 
 def _is_json(text: str) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -43,13 +45,8 @@ def test_password_absent_from_errors_logs_reprs(topology: Topology, caplog: pyte
         arun(open_pools(["readonly"]))
     texts.append(str(wrong.value))
 
-    derived: list[str] = []
-
     async def reads() -> list[str]:
         pools = await open_pools(["readonly"])
-        if pools["readonly"]._scram_task is not None:  # without PREWARM: derived in the background
-            await pools["readonly"]._scram_task
-        derived.extend((pools["readonly"]._scram or {}).values())
         out = [repr(pool) for pool in pools.values()]
         out += [repr(registry.ready("readonly")), repr(registry.ready("readonly").session)]  # type: ignore[union-attr]
         with override_settings(DEBUG=True):
@@ -80,7 +77,6 @@ def test_password_absent_from_errors_logs_reprs(topology: Topology, caplog: pyte
     everything = "\n".join(texts)
     assert "password authentication failed" in everything  # the errors did happen ...
     assert secret not in everything  # ... without the password in them
-    assert len(derived) == 2 and not any(key in everything for key in derived)  # nor the SCRAM keys
     assert secret.replace("'", "\\'") not in everything and "p@ss:w/o%rd" not in everything
 
 
@@ -129,39 +125,6 @@ def test_reads_of_every_form_pass_the_guard() -> None:
         for statement in ("SELECT 1", "  select 1", "WITH a AS (SELECT 1) SELECT * FROM a", "(SELECT 1) UNION (SELECT 2)",
                           "-- comment\nSELECT 1", "/* c */ VALUES (1)", "SHOW server_version", "EXPLAIN SELECT 1"):
             cursor.execute(statement)
-
-
-def test_a_read_only_role_stops_what_the_guard_cannot_see(topology: Topology) -> None:
-    """Defence in depth: against the primary itself (no replica configured), a
-    data-modifying CTE passes the keyword guard; the role's
-    default_transaction_read_only stops it at the server."""
-    topology.primary.sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_reader') THEN "
-                         "CREATE ROLE app_reader LOGIN PASSWORD 'reader-pw'; END IF; END $$", dbname="postgres")
-    topology.primary.sql("ALTER ROLE app_reader SET default_transaction_read_only = on", dbname="postgres")
-    dbname = connections["default"].settings_dict["NAME"]
-    topology.primary.sql("GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO app_reader", dbname=dbname)
-    topology.primary.sql("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app_reader", dbname=dbname)
-    settings = settings_for(pool_size=1, prewarm=True)
-
-    async def main() -> str:
-        from django_readonly_pool import run
-
-        def sneaky() -> Any:
-            with connections["readonly"].cursor() as cursor:
-                cursor.execute("WITH n AS (INSERT INTO testapp_note (text, counter, created) "
-                               "VALUES ('sneaky', 0, now()) RETURNING id) SELECT id FROM n")
-                return cursor.fetchall()
-
-        try:
-            await run(sneaky)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return "written"
-
-    with pools_made_by(settings, port=topology.primary.port, user="app_reader", password="reader-pw"):
-        outcome = arun(main())
-    assert "read-only transaction" in outcome and outcome.startswith("InternalError")
-    assert not Note.objects.using("default").filter(text="sneaky").exists()
 
 
 # -- TLS ---------------------------------------------------------------------------- #
@@ -215,16 +178,220 @@ def test_tls_with_the_wrong_ca_fails_clearly(tls_replica: Any) -> None:
     assert "certificate verify failed" in doc["aliases"][0]["errors"][0]["message"]
 
 
+# -- no pool connection reports anything that could log in -------------------------- #
 
-def test_scram_keys_over_tls_only_with_the_right_ca(tls_replica: Any, topology: Topology) -> None:
-    """The key probe checks the certificate as libpq would: with the wrong CA it
-    does not even send the user name."""
-    import asyncio
 
-    from django_readonly_pool.scram import derive_keys
+def _logs_in(params: dict[str, str]) -> bool:
+    """Can these parameters (what conn.info.get_parameters() reports) authenticate?"""
+    try:
+        psycopg.connect(**{**params, "passfile": "/nonexistent", "connect_timeout": "5"}).close()
+    except psycopg.OperationalError as exc:
+        assert "password" in str(exc), exc  # refused for want of a password
+        return False
+    return True
 
-    standby, good, bad = tls_replica
-    base = {"host": "127.0.0.1", "port": standby.port, "user": "postgres", "password": topology.password,
-            "dbname": "postgres", "sslmode": "verify-full"}
-    assert asyncio.run(derive_keys({**base, "sslrootcert": str(good)}, timeout=10)) is not None
-    assert asyncio.run(derive_keys({**base, "sslrootcert": str(bad)}, timeout=10)) is None
+
+def _assert_reports_no_credential(conn: Any, secret: str) -> None:
+    from django_readonly_pool.conf import SECRET_KEYS
+
+    params = conn.info.get_parameters()
+    assert not set(params) & SECRET_KEYS, params
+    assert secret not in conn.info.dsn and secret not in json.dumps(params)
+    assert not _logs_in(params)
+
+
+def test_no_async_pool_connection_reports_a_credential(topology: Topology) -> None:
+    app = "dsn-async"
+    settings = settings_for(pool_size=2, max_overflow=2, prewarm=True, pre_ping=True, pre_ping_interval=0.0)
+
+    async def main() -> int:
+        pool = (await open_pools(["readonly"]))["readonly"]
+        held = [await pool.getconn() for _ in range(4)]  # two prewarmed, two grown
+        for conn in held:
+            _assert_reports_no_credential(conn, topology.password)
+        pids = {conn.info.backend_pid for conn in held}
+        for conn in held:
+            await pool.putconn(conn)
+        await asyncio.to_thread(topology.replica.sql, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE application_name = %s", [app], "postgres")
+        await pool.check()  # replaces the dead ones
+        again = [await pool.getconn() for _ in range(2)]  # reconnected
+        assert not pids & {conn.info.backend_pid for conn in again}
+        for conn in again:
+            _assert_reports_no_credential(conn, topology.password)
+            await pool.putconn(conn)
+        return len(held) + len(again)
+
+    with pools_made_by(settings, application_name=app):
+        assert arun(main()) == 6
+
+
+def test_no_sync_pool_connection_reports_a_credential(topology: Topology) -> None:
+    for alias in ("readonly", "readonly_bouncer", "default"):
+        wrapper = connections[alias]
+        wrapper.ensure_connection()
+        _assert_reports_no_credential(wrapper.connection, topology.password)
+        wrapper.close()
+    pool = connections["readonly"].pool
+    held = [pool.getconn() for _ in range(pool.max_size)]  # grown to the maximum
+    try:
+        for conn in held:
+            _assert_reports_no_credential(conn, topology.password)
+    finally:
+        for conn in held:
+            pool.putconn(conn)
+
+
+def test_a_reported_secret_cannot_be_configured() -> None:
+    from django_readonly_pool.conf import SECRET_KEYS
+
+    for key in sorted(SECRET_KEYS - {"password"}):
+        with pytest.raises(Exception, match=key) as info:
+            databases_from_env({"FIDES__DATABASE__READONLY_SERVER": "r",
+                                "FIDES__DATABASE__READONLY_PARAMS": json.dumps({key: "s3cr3t-value"})})
+        assert "s3cr3t-value" not in str(info.value)
+
+
+def test_the_removed_key_reuse_setting_is_an_error() -> None:
+    from django.core import checks
+
+    with override_settings(READONLY_POOL={"REUSE_SCRAM_KEYS": True}):
+        errors = [m for m in checks.run_checks(tags=["readonly_pool"]) if m.id == "readonly_pool.E001"]
+    assert errors and "was removed" in errors[0].msg and "conn.info.dsn" in errors[0].msg
+
+
+# -- no borrower inherits another's session ------------------------------------------ #
+
+ROLE = "guard_role"
+
+# kind -> (statement that would leave state, query of that state, its clean value)
+SESSION_STATE: dict[str, tuple[str, str, Any]] = {
+    "search_path": ("SET search_path = pg_catalog",
+                    "SELECT current_setting('search_path')", '"$user", public'),
+    "set_config": ("SELECT set_config('search_path', 'pg_catalog', false)",
+                   "SELECT current_setting('search_path')", '"$user", public'),
+    "advisory lock": ("SELECT pg_advisory_lock(4242)",
+                      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()", 0),
+    "role": (f"SET ROLE {ROLE}", "SELECT current_user = session_user", True),
+    "listen": ("LISTEN guard_channel", "SELECT count(*) FROM pg_listening_channels()", 0),
+    "temp table": ("CREATE TEMP TABLE guard_tmp (i int)",
+                   "SELECT count(*) FROM pg_class WHERE relname = 'guard_tmp'", 0),
+    "prepared statement": ("PREPARE guard_p AS SELECT 1", "SELECT count(*) FROM pg_prepared_statements", 0),
+    "WITH HOLD cursor": ("DECLARE guard_c CURSOR WITH HOLD FOR SELECT 1", "SELECT count(*) FROM pg_cursors", 0),
+}
+
+
+@pytest.fixture(scope="module")
+def guard_role(topology: Topology, django_db_setup: None, django_db_blocker: Any) -> str:
+    with django_db_blocker.unblock():
+        topology.primary.sql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') "
+                             f"THEN CREATE ROLE {ROLE}; END IF; END $$", dbname="postgres")
+        topology.primary.sql(f"GRANT {ROLE} TO postgres", dbname="postgres")
+    topology.wait_for_replay()
+    return ROLE
+
+
+def _one_statement(alias: str, statement: str) -> tuple[Any, int]:
+    with connections[alias].cursor() as cursor:
+        cursor.execute(statement)
+        row = cursor.fetchone()
+        cursor.execute("SELECT pg_backend_pid()")
+        return (row[0] if row else None), int(cursor.fetchone()[0])
+
+
+@pytest.mark.usefixtures("guard_role")
+@pytest.mark.parametrize("route", ["readonly", "readonly_bouncer"], ids=["direct", "pgbouncer"])
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("kind", sorted(SESSION_STATE))
+def test_session_state_is_refused_and_the_next_borrower_gets_a_clean_session(
+        kind: str, path: str, route: str) -> None:
+    statement, query, clean = SESSION_STATE[kind]
+
+    def borrow_twice() -> tuple[Any, int, int]:
+        with pytest.raises(ReadOnlyAliasError):
+            _one_statement(route, statement)
+        _, first = _one_statement(route, "SELECT 1")
+        value, second = _one_statement(route, query)
+        return value, first, second
+
+    if path == "sync":
+        value, first, second = borrow_twice()
+        connections[route].close()
+    else:
+        async def main() -> tuple[Any, int, int]:
+            from django_readonly_pool import run
+
+            return await run(borrow_twice)
+
+        with pools_made_by(settings_for(pool_size=1, max_overflow=0, pool_skip_rollback=True, autocommit=True)):
+            value, first, second = arun(main())
+    assert value == clean
+    if route == "readonly":
+        assert first == second  # the same server session served both borrowers
+
+
+@pytest.fixture
+def resetting_alias(db_access: None) -> Iterator[str]:
+    """A pool of one connection on the primary that resets sessions (POOL_SKIP_ROLLBACK false)."""
+    import os
+
+    from tests.conftest import add_pool_alias, remove_pool_alias
+
+    alias = "readonly_resetting"
+    add_pool_alias(alias, {
+        **{k: v for k, v in os.environ.items()
+           if k not in ("FIDES__DATABASE__READONLY_SERVER", "FIDES__DATABASE__READONLY_PORT")},
+        "FIDES__DATABASE__ASYNC_READONLY_DATABASE_POOL_SIZE": "1",
+        "FIDES__DATABASE__ASYNC_READONLY_DATABASE_MAX_OVERFLOW": "0",
+        "FIDES__DATABASE__ASYNC_READONLY_DATABASE_POOL_SKIP_ROLLBACK": "false",
+        "FIDES__DATABASE__ASYNC_READONLY_DATABASE_AUTOCOMMIT": "true",
+    })
+    yield alias
+    remove_pool_alias(alias)
+
+
+CONFIGURED = ("SELECT current_setting('TimeZone'), current_setting('default_transaction_read_only'), "
+              "current_user = session_user")
+
+
+@pytest.mark.usefixtures("guard_role")
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_reset_clears_everything_a_session_can_hold(path: str, resetting_alias: str) -> None:
+    """POOL_SKIP_ROLLBACK false: whatever a borrower left (here through the raw psycopg
+    connection, past the guard) is gone for the next one, and Django's settings are back."""
+    leave = ["SET default_transaction_read_only = off", *(s for s, _, _ in SESSION_STATE.values()),
+             "SET TIME ZONE 'Asia/Tokyo'"]
+    queries = [q for _, q, _ in SESSION_STATE.values()] + [CONFIGURED]
+    expected = [c for _, _, c in SESSION_STATE.values()] + [("UTC", "on", True)]  # Django uses UTC with USE_TZ
+
+    if path == "sync":
+        wrapper = connections[resetting_alias]
+        wrapper.ensure_connection()
+        raw = wrapper.connection
+        raw.autocommit = True
+        for statement in leave:
+            raw.execute(statement)
+        pid = raw.info.backend_pid
+        wrapper.close()  # back to the pool of one: reset before anyone gets it
+        wrapper.ensure_connection()
+        assert wrapper.connection.info.backend_pid == pid
+        seen = [wrapper.connection.execute(q).fetchone() for q in queries]
+        wrapper.close()
+    else:
+        async def main() -> tuple[list[Any], int, int]:
+            pool = await registry.get(resetting_alias)
+            conn = await pool.getconn()
+            for statement in leave:
+                await conn.execute(statement)
+            pid = conn.info.backend_pid
+            await pool.putconn(conn)
+            again = await pool.getconn()
+            try:
+                return [await (await again.execute(q)).fetchone() for q in queries], pid, again.info.backend_pid
+            finally:
+                await pool.putconn(again)
+
+        rows, pid, second = arun(main())
+        assert pid == second
+        seen = rows
+    assert [row if len(row) > 1 else row[0] for row in seen] == expected

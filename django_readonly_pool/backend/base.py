@@ -35,7 +35,7 @@ from django.utils.functional import cached_property
 from psycopg import AsyncClientCursor, AsyncCursor, sql
 
 from django_readonly_pool.bridge import await_only, in_bridge
-from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings, app_settings
+from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings
 from django_readonly_pool.errors import ReadOnlyAliasError
 from django_readonly_pool.pool import ReadPool, SessionSetup, SyncReadPool, registry
 
@@ -145,7 +145,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             pool = SyncReadPool(
                 kwargs=kwargs,
                 open=False,
-                configure=self._configure_connection,  # type: ignore[attr-defined]
+                session=self.session_setup(kwargs),
+                reset_sessions=not s.pool_skip_rollback,
                 pre_ping=s.pre_ping,
                 min_size=s.pool_size,
                 max_size=s.max_size,
@@ -177,14 +178,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             AsyncCursor if options.get("server_side_binding") is True else AsyncClientCursor
         )
         kwargs["autocommit"] = s.autocommit
-        isolation = options.get("isolation_level")
-        secrets = tuple(str(v) for k, v in kwargs.items() if k in SECRET_KEYS and v)
-        session = SessionSetup(
-            timezone_name=self.timezone_name,
-            assume_role=options.get("assume_role"),
-            isolation_level=None if isolation is None else int(isolation),
-            secrets=secrets,
-        )
+        session = self.session_setup(kwargs)
         alias = self.alias
 
         def remember(version: int) -> None:
@@ -197,8 +191,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 dbname=str(kwargs.get("dbname", "")), user=str(kwargs.get("user", "")),
             )
         return ReadPool(alias, s, target, kwargs, session, on_server_version=remember,
-                        reuse_scram_keys=app_settings().reuse_scram_keys,
                         postgres_types=apps.is_installed("django.contrib.postgres"))
+
+    def session_setup(self, connect_kwargs: dict[str, Any]) -> SessionSetup:
+        """How a pool connection is made to match Django's own (time zone, role, isolation)."""
+        options = self.settings_dict["OPTIONS"]
+        isolation = options.get("isolation_level")
+        return SessionSetup(
+            timezone_name=self.timezone_name,
+            assume_role=options.get("assume_role"),
+            isolation_level=None if isolation is None else int(isolation),
+            secrets=tuple(str(v) for k, v in connect_kwargs.items() if k in SECRET_KEYS and v),
+        )
 
     def cursor(self) -> Any:
         if in_bridge():
