@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 
@@ -74,6 +75,46 @@ def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> It
         for conn in connections.all(initialized_only=True):
             conn.close()
         teardown_databases(config, verbosity=0)
+
+
+def add_pool_alias(alias: str, environ: dict[str, str]) -> None:
+    """Add the pool alias that ``databases_from_env(environ)`` describes, on the test database."""
+    from django_readonly_pool import databases_from_env
+
+    entry = databases_from_env(environ, readonly_alias=alias)[alias]
+    entry["NAME"] = connections["default"].settings_dict["NAME"]  # the test database
+    entry.pop("TEST")
+    configured = connections.configure_settings({"default": connections.settings["default"], alias: entry})
+    connections.settings[alias] = configured[alias]
+    settings.DATABASES[alias] = connections.settings[alias]
+
+
+def remove_pool_alias(alias: str) -> None:
+    from django_readonly_pool import orm
+    from django_readonly_pool.backend import base
+
+    wrapper = connections[alias]
+    wrapper.close()
+    if alias in wrapper._connection_pools:
+        wrapper.close_pool()
+    del connections[alias]
+    connections.settings.pop(alias, None)
+    settings.DATABASES.pop(alias, None)
+    orm.forget_engines()
+    for key in [k for k in base._pool_settings if k[0] == alias]:
+        del base._pool_settings[key]
+
+
+@pytest.fixture
+def primary_alias(db_access: None) -> Iterator[str]:
+    """A pool alias on the primary itself (no READONLY_SERVER: a documented mode)."""
+    import os
+
+    alias = "readonly_primary"
+    add_pool_alias(alias, {k: v for k, v in os.environ.items()
+                           if k not in ("FIDES__DATABASE__READONLY_SERVER", "FIDES__DATABASE__READONLY_PORT")})
+    yield alias
+    remove_pool_alias(alias)
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@
   fails, or is abandoned.
 * :class:`ReadOnlyCursorWrapper` / :class:`ReadOnlyCursorDebugWrapper`: Django's
   own wrappers (``execute_wrapper()`` hooks, ``connection.queries``, error
-  mapping) plus a guard that refuses writes before they reach the server.
+  mapping) plus :mod:`django_readonly_pool.guard`, which refuses anything but one
+  read per ``execute()`` before it reaches the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Final
@@ -28,6 +28,7 @@ from psycopg import AsyncConnection
 
 from django_readonly_pool.bridge import await_only, in_bridge
 from django_readonly_pool.errors import ReadOnlyAliasError
+from django_readonly_pool.guard import refuse_unless_read
 from django_readonly_pool.pool import ReadPool, registry
 
 __all__ = [
@@ -35,82 +36,40 @@ __all__ = [
     "ReadOnlyCursorDebugWrapper",
     "ReadOnlyCursorWrapper",
     "StreamingBridgeCursor",
-    "refuse_writes",
 ]
 
 STREAM_CHUNK: Final = 256  # rows per chunk of psycopg's stream()
 
 # --------------------------------------------------------------------------- #
-# The write guard
+# The read-only guard (django_readonly_pool.guard) on Django's cursor wrappers
 # --------------------------------------------------------------------------- #
-
-_READ_KEYWORDS: Final = frozenset({
-    "SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "SET", "RESET",
-    "DECLARE", "FETCH", "MOVE", "CLOSE", "BEGIN", "START", "COMMIT", "END",
-    "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "DISCARD", "DEALLOCATE", "UNLISTEN",
-})
-_LEADING_NOISE: Final = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
-_FIRST_WORD: Final = re.compile(r"[A-Za-z]+")
-_COPY_OUT: Final = re.compile(r"\bTO\s+(?:STDOUT|PROGRAM|')", re.I)
-
-
-def _statement_text(statement: Any) -> str:
-    if isinstance(statement, str):
-        return statement
-    if isinstance(statement, (bytes, bytearray, memoryview)):
-        return bytes(statement[:200]).decode("latin-1")
-    as_string = getattr(statement, "as_string", None)  # psycopg.sql.Composable
-    if as_string is not None:
-        try:
-            return str(as_string(None))
-        except Exception:  # noqa: BLE001 - unrenderable: let the server judge
-            return "SELECT"
-    return str(statement)
-
-
-def refuse_writes(statement: Any, alias: str) -> None:
-    """Raise :class:`ReadOnlyAliasError` unless *statement* is a read.
-
-    A cheap look at the first keyword (the ORM's reads start with ``SELECT``);
-    the replica itself, or a read-only role, is the second line of defence.
-    """
-    if type(statement) is str and statement.startswith("SELECT"):
-        return
-    text = _statement_text(statement)
-    rest = text[_LEADING_NOISE.match(text).end():]  # type: ignore[union-attr]
-    match = _FIRST_WORD.match(rest)
-    if match is None:
-        return  # empty statement
-    word = match.group().upper()
-    if word in _READ_KEYWORDS or (word == "COPY" and _COPY_OUT.search(text)):
-        return
-    raise ReadOnlyAliasError(
-        f"{word} refused on the read-only alias {alias!r}: it serves reads only. Send "
-        f"writes to the primary: drop .using({alias!r}) and let "
-        "django_readonly_pool.router.ReadOnlyRouter route them, or use .using('default')."
-    )
 
 
 class _GuardMixin:
     db: Any
+    cursor: Any
 
     def execute(self, sql: Any, params: Any = None) -> Any:
-        refuse_writes(sql, self.db.alias)
+        refuse_unless_read(sql, params, self.db.alias, self.db.get_adapters_context)
         return super().execute(sql, params)  # type: ignore[misc]
 
     def executemany(self, sql: Any, param_list: Any) -> Any:
-        refuse_writes(sql, self.db.alias)
+        refuse_unless_read(sql, (), self.db.alias, self.db.get_adapters_context)
         return super().executemany(sql, param_list)  # type: ignore[misc]
 
-    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        refuse_writes(statement, self.db.alias)
-        return super().copy(statement, *args, **kwargs)  # type: ignore[misc]
+    def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        refuse_unless_read(statement, params, self.db.alias, self.db.get_adapters_context)
+        return self.cursor.copy(statement, params, **kwargs)
+
+    def callproc(self, procname: str, params: Any = None, kparams: Any = None) -> Any:
+        raise ReadOnlyAliasError(
+            f"callproc({procname!r}) refused on the read-only alias {self.db.alias!r}: a procedure "
+            "may write. Call it on the primary (.using('default'))."
+        )
 
 
 class ReadOnlyCursorWrapper(_GuardMixin, CursorWrapper):
-    def copy(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        refuse_writes(statement, self.db.alias)
-        return self.cursor.copy(statement, *args, **kwargs)
+    pass
 
 
 class ReadOnlyCursorDebugWrapper(_GuardMixin, CursorDebugWrapper):
