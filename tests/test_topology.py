@@ -118,3 +118,72 @@ def test_killed_owner_is_cleaned_up_by_the_watchdog(tmp_path: Path) -> None:
         time.sleep(0.2)
     assert not Path(base).exists()
     assert _processes_under(base) == []
+
+
+# -- nobody else gets in -------------------------------------------------------------- #
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=False,
+                          user="nobody", group="nogroup", extra_groups=[],
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LC_ALL": "C"}, cwd="/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another OS user needs root")
+@pytest.mark.parametrize("via", ["tcp", "socket"])
+@pytest.mark.parametrize("server", ["primary", "replica", "pgbouncer"])
+def test_other_local_users_are_refused(topology: Topology, server: str, via: str) -> None:
+    """Another local account cannot log in (and so cannot run COPY ... PROGRAM as the server's account)."""
+    if server == "pgbouncer" and via == "socket":
+        pytest.skip("PgBouncer listens on TCP only")
+    target = {"primary": topology.primary, "replica": topology.replica, "pgbouncer": topology.bouncer}[server]
+    assert target is not None and topology.primary is not None
+    host = "127.0.0.1" if via == "tcp" else str(topology.primary.socket_dir)
+    psql = str(find_pg_bindir() / "psql")
+    out = _as_nobody(psql, "-w", "-X", "-h", host, "-p", str(target.port), "-U", "postgres", "-d", "postgres",
+                     "-c", "COPY (SELECT 1) TO PROGRAM 'id'")
+    assert out.returncode != 0, out.stdout
+    assert "uid=" not in out.stdout + out.stderr
+    expected = "no password supplied" if via == "tcp" else "Permission denied"
+    assert expected in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another OS user needs root")
+def test_other_local_users_cannot_read_the_topology(topology: Topology) -> None:
+    assert topology.base is not None
+    out = _as_nobody("cat", str(topology.base / "state.json"))
+    assert out.returncode != 0 and topology.password not in out.stdout
+    out = _as_nobody("ls", str(topology.base))
+    assert out.returncode != 0 and "Permission denied" in out.stderr
+
+
+def test_the_topology_is_private_to_its_account(topology: Topology) -> None:
+    import stat
+
+    from django_readonly_pool.testing.topology import SERVER_ACCOUNT
+
+    assert topology.base is not None and topology.primary is not None
+    for path in (topology.base, topology.primary.socket_dir):
+        info = path.stat()
+        assert stat.S_IMODE(info.st_mode) == 0o700, path
+        assert info.st_uid == topology.os_user.uid
+    exposed = []
+    for child in topology.base.iterdir():  # every directory of the topology, and the files holding secrets
+        secret = child.is_dir() or child.name == "state.json" or child.name.endswith(".pw")
+        if secret and stat.S_IMODE(child.stat().st_mode) & 0o077:
+            exposed.append(f"{child} {stat.filemode(child.stat().st_mode)}")
+    assert topology.bouncer is not None
+    for secret in (topology.bouncer.workdir / "userlist.txt", topology.bouncer.workdir / "pgbouncer.ini",
+                   topology.primary.datadir / "pg_hba.conf"):
+        if stat.S_IMODE(secret.stat().st_mode) & 0o077:
+            exposed.append(f"{secret} {stat.filemode(secret.stat().st_mode)}")
+    assert exposed == []
+    for server in (topology.primary, topology.replica):
+        sockets = list(server.socket_dir.glob(f".s.PGSQL.{server.port}"))
+        assert sockets and all(stat.S_IMODE(s.stat().st_mode) == 0o700 for s in sockets)
+    if os.geteuid() == 0:
+        assert topology.os_user.name == SERVER_ACCOUNT != "postgres"
+        pid = topology.primary.pid()
+        owner = subprocess.run(["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        assert owner == SERVER_ACCOUNT[:len(owner)] and owner, owner  # ps may truncate the name

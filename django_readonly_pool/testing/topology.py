@@ -7,10 +7,14 @@ Everything runs on loopback on free ports, in one temporary directory:
 * **PgBouncer** in transaction mode in front of the replica, configured to fail
   fast when the replica is down (see :data:`PGBOUNCER_FAIL_FAST`).
 
-PostgreSQL refuses to run as root: as root the servers run as a dedicated OS
-user (``postgres`` when it exists, else one created for the purpose); as an
-ordinary user they run as that user. A watchdog process stops the servers and
-removes the directory if the owning process dies without cleaning up.
+Nobody else on the machine gets in: the directory and the sockets are private
+(0700) to the account that runs the servers, every login (socket or TCP) needs
+the password (SCRAM), and password files are written 0600. PostgreSQL refuses
+to run as root: as root the servers run as a dedicated unprivileged account
+created for the purpose (``readonly-pool-test``, never the distribution's
+``postgres``); as an ordinary user they run as that user. A watchdog process
+stops the servers and removes the directory if the owning process dies without
+cleaning up.
 
 Binaries are found through, in order: the ``bindir`` argument or
 ``READONLY_POOL_PG_BINDIR``, ``pg_config --bindir``, the usual install folders,
@@ -52,8 +56,9 @@ __all__ = [
     "find_pgbouncer",
 ]
 
-SUPERUSER: Final = "postgres"
+SUPERUSER: Final = "postgres"  # the database role, not an OS account
 DBNAME: Final = "app"
+SERVER_ACCOUNT: Final = "readonly-pool-test"  # the OS account, as root
 STATE_ENV: Final = "READONLY_POOL_TEST_TOPOLOGY"
 PGBOUNCER_PORT_ENV: Final = "READONLY_POOL_TEST_PGBOUNCER_PORT"
 _DIR_PREFIX: Final = "drp-topology-"
@@ -151,22 +156,32 @@ class ServerUser:
 
     @classmethod
     def resolve(cls) -> ServerUser:
+        """The current account; as root, a dedicated one (created when missing).
+
+        ``READONLY_POOL_TEST_OS_USER`` names another dedicated account, never
+        ``root`` nor the distribution's ``postgres`` (whose real clusters the
+        test servers' files must not mix with).
+        """
         if os.geteuid() != 0:
             entry = pwd.getpwuid(os.geteuid())
             return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
-        name = os.environ.get("READONLY_POOL_TEST_OS_USER") or "postgres"
+        name = os.environ.get("READONLY_POOL_TEST_OS_USER") or SERVER_ACCOUNT
+        if name in ("root", "postgres"):
+            raise TopologyError(
+                f"READONLY_POOL_TEST_OS_USER={name!r}: the test servers run as a dedicated "
+                f"unprivileged account (default {SERVER_ACCOUNT!r}), never root or postgres"
+            )
         try:
             entry = pwd.getpwnam(name)
         except KeyError:
-            name = "readonly-pool-test"
-            try:
-                entry = pwd.getpwnam(name)
-            except KeyError:
-                subprocess.run(
-                    ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                    check=True, capture_output=True,
-                )
-                entry = pwd.getpwnam(name)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                 "--user-group", name],
+                check=True, capture_output=True,
+            )
+            entry = pwd.getpwnam(name)
+        if entry.pw_uid == 0:
+            raise TopologyError(f"the account {name!r} is root: choose an unprivileged one")
         return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
     def popen_kwargs(self) -> dict[str, Any]:
@@ -177,6 +192,20 @@ class ServerUser:
     def chown(self, path: Path) -> None:
         if not self.is_current:
             os.chown(path, self.uid, self.gid)
+
+    def private_dir(self, path: Path) -> None:
+        """Create *path* (or tighten it) as a directory only this account may enter."""
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)
+        self.chown(path)
+
+    def private_file(self, path: Path, text: str) -> None:
+        """Write *text* to *path*, readable by this account only (never world-readable, not even briefly)."""
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.chown(path)
 
 
 def free_port() -> int:
@@ -234,12 +263,11 @@ class PostgresServer:
 
     def initdb(self) -> None:
         pwfile = self.datadir.parent / f".{self.name}.pw"
-        pwfile.write_text(self.password + "\n")
-        self.os_user.chown(pwfile)
+        self.os_user.private_file(pwfile, self.password + "\n")
         try:
             self._run(
                 str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-                f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+                f"--pwfile={pwfile}", "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                 "--encoding=UTF8", "--locale=C", "--no-sync",
             )
         finally:
@@ -252,6 +280,7 @@ class PostgresServer:
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
+            "unix_socket_permissions": "0700",
             "max_connections": "500",
             "superuser_reserved_connections": "3",
             "shared_buffers": "32MB",
@@ -281,14 +310,14 @@ class PostgresServer:
         lines = [f"{k} = {v}" for k, v in base.items()]
         lines.append("include_if_exists = 'override.conf'")
         (self.datadir / "postgresql.conf").write_text("\n".join(lines) + "\n")
-        (self.datadir / "pg_hba.conf").write_text(
-            "local all all trust\n"
-            "local replication all trust\n"
+        # Every login needs the password, over the socket as over TCP.
+        self.os_user.private_file(self.datadir / "pg_hba.conf", (
+            "local all all scram-sha-256\n"
+            "local replication all scram-sha-256\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
             "host replication all 127.0.0.1/32 scram-sha-256\n"
-        )
-        for name in ("postgresql.conf", "pg_hba.conf"):
-            self.os_user.chown(self.datadir / name)
+        ))
+        self.os_user.chown(self.datadir / "postgresql.conf")
 
     def set_override(self, **values: str) -> None:
         """Set parameters in ``override.conf`` (apply with :meth:`reload` or a restart)."""
@@ -406,10 +435,9 @@ class PgBouncer:
         return self.workdir / "pgbouncer.log"
 
     def write_config(self) -> None:
-        self.workdir.mkdir(exist_ok=True)
-        self.os_user.chown(self.workdir)
+        self.os_user.private_dir(self.workdir)
         quoted = self.password.replace('"', '""')
-        (self.workdir / "userlist.txt").write_text(f'"{SUPERUSER}" "{quoted}"\n')
+        self.os_user.private_file(self.workdir / "userlist.txt", f'"{SUPERUSER}" "{quoted}"\n')
         config = {
             "listen_addr": "127.0.0.1",
             "listen_port": str(self.port),
@@ -434,11 +462,7 @@ class PgBouncer:
             f"* = host=127.0.0.1 port={self.target_port}\n\n"
             "[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in config.items())
         )
-        (self.workdir / "pgbouncer.ini").write_text(text)
-        for name in ("userlist.txt", "pgbouncer.ini"):
-            path = self.workdir / name
-            path.chmod(0o600)
-            self.os_user.chown(path)
+        self.os_user.private_file(self.workdir / "pgbouncer.ini", text)
 
     def start(self, timeout: float = 30) -> None:
         self.write_config()
@@ -545,9 +569,8 @@ class Topology:
         if self.base is not None:
             return self  # already running
         sweep_stale_directories(self._base_parent)
-        self.base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=self._base_parent))
-        self.base.chmod(0o755)
-        self.os_user.chown(self.base)
+        self.base = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX, dir=self._base_parent))  # 0700
+        self.os_user.private_dir(self.base)
         self._start_watchdog()
         try:
             self._start_servers()
@@ -560,8 +583,7 @@ class Topology:
     def _start_servers(self) -> None:
         assert self.base is not None
         sock = self.base / "sock"
-        sock.mkdir()
-        self.os_user.chown(sock)
+        self.os_user.private_dir(sock)
         self.primary = PostgresServer(
             "primary", self.bindir, self.base / "primary", free_port(), self.os_user,
             self.password, sock, dict(self._primary_settings),
@@ -647,10 +669,12 @@ class Topology:
 
     def _write_state(self) -> None:
         assert self.base is not None
-        state = self.state()
+        # Read by the owner's child processes (pytest runs of the sample project), not the servers.
         path = self.base / "state.json"
-        path.write_text(json.dumps(state))
-        path.chmod(0o600)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.state(), f)
 
     # -- information -------------------------------------------------------- #
 
