@@ -3,20 +3,22 @@
 ``MIDDLEWARE = [..., "django_readonly_pool.middleware.ReadOnlyPoolMiddleware"]``
 
 Each request gets a fresh :class:`~django_readonly_pool.router.RoutingScope`.
-A request carrying a valid pin cookie reads from the primary; a response to an
-unsafe request (POST, PUT, PATCH, DELETE), or to any request that wrote, sets
-the cookie for ``READONLY_POOL["STICKY_SECONDS"]`` (15 s by default), so the
-client's next requests see its write even if the replica lags (the approach of
-django-multidb-router). The cookie holds an expiry time, checked on the server:
-a client cannot pin itself for longer than the window. Works for sync and async
-views alike.
+A request carrying a valid pin cookie reads from the primary; a successful
+response (status below 400) to an unsafe request (POST, PUT, PATCH, DELETE), or
+to any request that wrote, sets the cookie for ``READONLY_POOL["STICKY_SECONDS"]``
+(15 s by default), so the client's next requests see its write even if the
+replica lags (the approach of django-multidb-router). The cookie is signed
+with Django's signing (``SECRET_KEY``, a salt of its own) and its timestamp is
+checked on the server: a client can neither forge one nor pin itself for
+longer than the window, and a refused request (a CSRF 403, a 404) pins
+nothing. Works for sync and async views alike.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -28,6 +30,8 @@ from .router import _scope, start_scope
 __all__ = ["ReadOnlyPoolMiddleware"]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+SALT = "django_readonly_pool.middleware.pin"
+_PINNED = "1"
 
 
 class ReadOnlyPoolMiddleware:
@@ -55,27 +59,25 @@ class ReadOnlyPoolMiddleware:
     def _before(self, request: HttpRequest) -> None:
         settings = app_settings()
         pinned = False
-        if settings.sticky_seconds > 0:
-            raw = request.COOKIES.get(settings.sticky_cookie)
-            if raw:
-                try:
-                    expires = float(raw)
-                except ValueError:
-                    expires = 0.0
-                now = time.time()
-                pinned = now < expires <= now + settings.sticky_seconds + 1.0
+        if settings.sticky_seconds > 0 and settings.sticky_cookie in request.COOKIES:
+            value = request.get_signed_cookie(settings.sticky_cookie, default=None, salt=SALT,
+                                              max_age=timedelta(seconds=settings.sticky_seconds))
+            pinned = value == _PINNED
         start_scope(pinned=pinned)
 
     def _after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         settings = app_settings()
         if settings.sticky_seconds <= 0:
             return response
+        if response.status_code >= 400:
+            return response  # refused or failed: nothing to read back
         scope = _scope.get()
         wrote = scope is not None and scope.wrote
         if request.method not in SAFE_METHODS or wrote:
-            response.set_cookie(
+            response.set_signed_cookie(
                 settings.sticky_cookie,
-                f"{time.time() + settings.sticky_seconds:.3f}",
+                _PINNED,
+                salt=SALT,
                 max_age=math.ceil(settings.sticky_seconds),
                 httponly=True,
                 samesite="Lax",

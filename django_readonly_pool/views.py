@@ -10,23 +10,29 @@
     ]
 
 The health view runs one round trip through each pool alias (bounded, and
-failing fast while the replica is known to be down) and reports, per alias:
-``healthy``, ``prewarmed``, the pool's ``size``, ``available``, ``in_use``,
-``waiting`` and ``utilization``, its counters (statements, errors, lost
-connections, timeouts ...), and the replica's status and lag. It answers 503
-when any alias is unhealthy. Both views expose no secret: no password, no
-connection string, no SQL.
+failing fast while the replica is known to be down) and answers 200 or 503 with
+``{"status": "healthy" | "unhealthy"}``. Only callers allowed the details
+(``READONLY_POOL["HEALTH_DETAILS"]``: ``"staff"`` by default, i.e. active staff
+users; ``"always"``; ``"never"``) also get, per alias: ``healthy``,
+``prewarmed``, the target server, the pool's ``size``, ``available``,
+``in_use``, ``waiting`` and ``utilization``, its counters (statements, errors,
+lost connections, timeouts ...), the last error, and the replica's status and
+lag. A pool that is not open is opened at most once per
+``HEALTH_CHECK_INTERVAL`` (a failed open is reported from memory meanwhile), so
+polling the view cannot hammer a replica that refuses logins. No secret is
+ever shown: no password, no connection string, no SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .conf import ConnectionTarget
+from .conf import ConnectionTarget, app_settings, mask
 from .health import DOWN, PROMOTED, health_report
 from .metrics import register_prometheus, snapshot
 from .orm import pool_aliases
@@ -35,25 +41,63 @@ from .pool import registry
 __all__ = ["health", "metrics"]
 
 _CHECK_TIMEOUT = 5.0
+# event loop -> alias -> (monotonic time, error) of the last failed attempt to open
+# its pool (pools belong to their loop)
+_open_failures: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[float, str]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _scrubbed(text: str, target: ConnectionTarget) -> str:
+    return text.replace(target.password, mask(target.password)) if target.password else text
 
 
 async def _check_alias(alias: str) -> dict[str, Any]:
     from .backend.base import pool_connection
 
     started = time.monotonic()
-    settings = pool_connection(alias).readonly_pool_settings
+    wrapper = pool_connection(alias)
+    settings = wrapper.readonly_pool_settings
+    pool = registry.ready(alias)
+    failures = _open_failures.setdefault(asyncio.get_running_loop(), {})
+    if pool is None:
+        failed = failures.get(alias)
+        if failed is not None and started - failed[0] < app_settings().health_check_interval:
+            return {"healthy": False, "error": failed[1], "check_ms": 0.0}
     try:
         async with asyncio.timeout(min(settings.checkout_timeout, _CHECK_TIMEOUT)):
-            pool = await registry.get(alias)
+            if pool is None:
+                try:
+                    pool = await registry.get(alias)
+                except BaseException as exc:
+                    failures[alias] = (time.monotonic(), _error_text(exc, wrapper.target))
+                    raise
+                failures.pop(alias, None)
             await pool.execute("SELECT 1", None)
     except Exception as exc:  # noqa: BLE001 - reported, never raised
-        return {"healthy": False, "error": f"{type(exc).__name__}: {exc}"[:500],
+        return {"healthy": False, "error": _error_text(exc, wrapper.target),
                 "check_ms": round((time.monotonic() - started) * 1000, 2)}
     return {"healthy": True, "check_ms": round((time.monotonic() - started) * 1000, 2)}
 
 
+def _error_text(exc: BaseException, target: ConnectionTarget) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: no answer within {_CHECK_TIMEOUT:g} s"
+    return _scrubbed(f"{type(exc).__name__}: {exc}".strip(), target)[:500]
+
+
+async def _may_see_details(request: HttpRequest) -> bool:
+    mode = app_settings().health_details
+    if mode != "staff":
+        return mode == "always"
+    auser = getattr(request, "auser", None)  # django.contrib.auth's middleware
+    if auser is None:
+        return False
+    user = await auser()
+    return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False))
+
+
 async def health(request: HttpRequest) -> JsonResponse:
-    """Per-alias pool and replica health; HTTP 503 when any alias is unhealthy."""
+    """Pool and replica health; HTTP 503 when any alias is unhealthy (details: see above)."""
     from django.db import connections
 
     aliases = pool_aliases()
@@ -81,8 +125,10 @@ async def health(request: HttpRequest) -> JsonResponse:
                 "error": replica["error"] if replica else None,
             },
         }
-    return JsonResponse({"status": "healthy" if healthy else "unhealthy", "aliases": report},
-                        status=200 if healthy else 503)
+    body: dict[str, Any] = {"status": "healthy" if healthy else "unhealthy"}
+    if await _may_see_details(request):
+        body["aliases"] = report
+    return JsonResponse(body, status=200 if healthy else 503)
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

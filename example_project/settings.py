@@ -21,6 +21,9 @@ DATABASES = databases_from_env()
 # when the read-only alias goes through PgBouncer in transaction mode.
 DATABASES["readonly"]["DISABLE_SERVER_SIDE_CURSORS"] = True
 DATABASE_ROUTERS = ["django_readonly_pool.router.ReadOnlyRouter"]
+# The demo serves loopback: its health page shows the per-alias details to
+# everyone. Leave HEALTH_DETAILS out in production (details for staff only).
+READONLY_POOL = {"HEALTH_DETAILS": "always"}
 
 USE_TZ = True
 TIME_ZONE = "UTC"

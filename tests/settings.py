@@ -11,11 +11,19 @@ ALLOWED_HOSTS = ["*"]
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
     "django.contrib.postgres",
     "django_readonly_pool",
     "tests.testapp",
 ]
 MIDDLEWARE = ["django_readonly_pool.middleware.ReadOnlyPoolMiddleware"]
+# What a typical project runs (tests that need sessions, users or CSRF use it).
+FULL_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_readonly_pool.middleware.ReadOnlyPoolMiddleware",
+]
 ROOT_URLCONF = "tests.urls"
 DATABASES = databases_from_env()
 

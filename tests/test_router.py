@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import router, transaction
 from django.test import AsyncClient, Client, override_settings
 
@@ -194,10 +195,35 @@ def test_unsafe_request_sets_the_pin_cookie(note: Note) -> None:
 
 
 def test_forged_or_expired_cookies_are_ignored(note: Note) -> None:
-    for value in (str(time.time() + 3600), str(time.time() - 1), "nonsense"):
+    from django.core import signing
+
+    from django_readonly_pool.middleware import SALT
+
+    signer = signing.get_cookie_signer(salt="readonly_pool_pin" + SALT)
+    expired = signing.Signer.sign(signer, f"1:{signing.b62_encode(int(time.time()) - 3600)}")
+    other_salt = signing.get_cookie_signer(salt="readonly_pool_pin").sign("1")
+    for value in (str(time.time() + 3600), str(time.time() - 1), "nonsense", "1", expired, other_salt,
+                  signer.sign("1") + "x"):
         client = Client()
         client.cookies["readonly_pool_pin"] = value
         assert client.get(f"/notes/{note.pk}").json()["db"] == "readonly", value
+    genuine = Client()
+    genuine.cookies["readonly_pool_pin"] = signer.sign("1")
+    assert genuine.get(f"/notes/{note.pk}").json()["db"] == "default"
+
+
+def test_the_pin_cookie_is_signed(note: Note) -> None:
+    response = Client().post(f"/notes/{note.pk}/incr")
+    value = response.cookies["readonly_pool_pin"].value
+    assert value != "1" and value.count(":") >= 2  # value:timestamp:signature
+
+
+@override_settings(MIDDLEWARE=settings.FULL_MIDDLEWARE)
+def test_refused_requests_pin_nothing(note: Note) -> None:
+    csrf = Client(enforce_csrf_checks=True).post(f"/notes/{note.pk}/incr")  # no CSRF token
+    assert csrf.status_code == 403 and "readonly_pool_pin" not in csrf.cookies
+    missing = Client().post("/no/such/page")
+    assert missing.status_code == 404 and "readonly_pool_pin" not in missing.cookies
 
 
 def test_async_views_get_the_same_cookie(note: Note) -> None:

@@ -5,21 +5,38 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.test import AsyncClient, Client
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.test import AsyncClient, Client, override_settings
 
 from django_readonly_pool.testing.topology import Topology
 from tests.conftest import arun
+from tests.test_pool import pools_made_by, settings_for
 from tests.testapp.models import Book
 
 pytestmark = pytest.mark.usefixtures("seeded", "db_access")
 
 
-def health_now() -> tuple[int, dict[str, Any]]:
+@pytest.fixture(scope="module")
+def staff(django_db_setup: None, django_db_blocker: Any) -> Iterator[User]:
+    with django_db_blocker.unblock():
+        user = User.objects.db_manager("default").create_user("ops", is_staff=True)
+        yield user
+        user.delete(using="default")
+
+
+def details_for_everyone() -> Any:
+    return override_settings(READONLY_POOL={**settings.READONLY_POOL, "HEALTH_DETAILS": "always"})
+
+
+def health_now(client: AsyncClient | None = None) -> tuple[int, dict[str, Any]]:
     async def main() -> tuple[int, dict[str, Any]]:
-        client = AsyncClient()
+        nonlocal client
+        client = client or AsyncClient()
         await Book.objects.acount()
         await Book.objects.filter(pages__gt=3).aexists()
         response = await client.get("/health/")
@@ -28,8 +45,62 @@ def health_now() -> tuple[int, dict[str, Any]]:
     return arun(main())
 
 
-def test_health_reports_every_pool_alias(topology: Topology) -> None:
+def test_anonymous_callers_get_the_status_only(topology: Topology) -> None:
     status, body = health_now()
+    assert (status, body) == (200, {"status": "healthy"})
+
+
+@override_settings(MIDDLEWARE=settings.FULL_MIDDLEWARE)
+def test_health_details_for_staff_users(topology: Topology, staff: User) -> None:
+    client = AsyncClient()
+    client.force_login(staff)
+    status, body = health_now(client)
+    assert status == 200 and set(body["aliases"]) == {"readonly", "readonly_bouncer"}
+    not_staff = User.objects.db_manager("default").create_user("visitor")
+    try:
+        other = AsyncClient()
+        other.force_login(not_staff)
+        assert health_now(other)[1] == {"status": "healthy"}
+    finally:
+        not_staff.delete(using="default")
+    with override_settings(READONLY_POOL={**settings.READONLY_POOL, "HEALTH_DETAILS": "never"}):
+        assert health_now(client)[1] == {"status": "healthy"}
+
+
+def test_a_pool_that_cannot_open_is_tried_once_per_interval(topology: Topology) -> None:
+    """A wrong password: polling the health view costs one failed prewarm per
+    HEALTH_CHECK_INTERVAL, not one per request."""
+    wrong = settings_for(pool_size=3, max_overflow=0, prewarm=True, prewarm_timeout=5)
+    offset = topology.replica.logfile.stat().st_size
+
+    async def poll() -> list[tuple[int, dict[str, Any]]]:
+        client = AsyncClient()
+        out = []
+        for _ in range(10):
+            response = await client.get("/health/")
+            out.append((response.status_code, response.json()))
+        return out
+
+    with override_settings(READONLY_POOL={**settings.READONLY_POOL, "HEALTH_DETAILS": "always",
+                                             "HEALTH_CHECK_INTERVAL": 30.0}), \
+            pools_made_by(wrong, password="not-the-password", application_name="health-poll"):
+        started = time.monotonic()
+        answers = arun(poll())
+        elapsed = time.monotonic() - started
+    assert elapsed < 30
+    assert all(status == 503 for status, _ in answers)
+    assert all("password authentication failed" in body["aliases"]["readonly"]["error"] for _, body in answers)
+    assert topology.password not in json.dumps(answers) and "not-the-password" not in json.dumps(answers)
+    time.sleep(0.3)
+    with topology.replica.logfile.open() as log:
+        log.seek(offset)
+        failed = sum("password authentication failed" in line for line in log)
+    assert 1 <= failed <= 3, failed  # one prewarm of 3 connections, at most
+
+
+def test_health_reports_every_pool_alias(topology: Topology) -> None:
+    with details_for_everyone():
+        status, body = health_now()
     assert status == 200 and body["status"] == "healthy"
     assert set(body["aliases"]) == {"readonly", "readonly_bouncer"}
     entry = body["aliases"]["readonly"]
@@ -50,7 +121,8 @@ def test_health_is_503_while_the_replica_is_stopped(topology: Topology) -> None:
             response = await AsyncClient().get("/health/")
             return response.status_code, response.json()
 
-        status, body = arun(main())
+        with details_for_everyone():
+            status, body = arun(main())
     finally:
         topology.replica.start()
         topology.wait_for_replay()
