@@ -134,9 +134,9 @@ def markdown(doc: dict[str, Any]) -> str:
                   f"warms (SQLAlchemy + asyncpg checkouts; {lb['speedup']}x) and {lb['one_by_one_psycopg_s']} s with "
                   f"psycopg ({lb['speedup_vs_psycopg_one_by_one']}x); through 1 ms of added latency each way "
                   f"{px['parallel_s']} s against {px['one_by_one_reference_s']} s ({px['speedup']}x) and "
-                  f"{px['one_by_one_psycopg_s']} s ({px['speedup_vs_psycopg_one_by_one']}x). In parallel but hashing "
-                  f"the password on every login (`REUSE_SCRAM_KEYS=False`): {lb.get('parallel_hashing_every_login_s')} s "
-                  f"on loopback, {px.get('parallel_hashing_every_login_s')} s through the delay."]
+                  f"{px['one_by_one_psycopg_s']} s ({px['speedup_vs_psycopg_one_by_one']}x). One SCRAM login "
+                  f"costs the client {p.get('client_cpu_ms_per_scram_login')} ms of CPU (libpq's PBKDF2, GIL held): "
+                  f"{p['connections']} logins need at least {p.get('client_cpu_floor_s')} s of one core."]
         f = claims["first_300_requests"]
         lines.append(f"* First 300 requests after start (c=64): p99 {f['prewarmed']['p99_ms']} ms prewarmed, "
                      f"{f['cold']['p99_ms']} ms cold.")

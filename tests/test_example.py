@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,20 @@ def exercise(base: str) -> dict[str, object]:
         return entry
 
 
+@contextlib.contextmanager
+def killed_on_failure(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """A failing assertion must not leave the example (and its throwaway servers) running."""
+    try:
+        yield
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # its own cleanup stops the servers it started
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+
+
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -72,13 +88,14 @@ def test_main_job_with_throwaway_servers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FIDES__", "READONLY_POOL_TEST", "DJANGO_"))}
     port = free_port()
     proc = start(env, port)
-    startup = wait_ready(proc, port)
-    assert "starting a throwaway primary + replica + PgBouncer" in startup
-    assert "Overall: healthy" in startup and "connection pooler in front: yes" in startup
-    assert f"http://127.0.0.1:{port}/" in startup
-    base = re.search(r"primary\s+127\.0\.0\.1:(\d+)", startup)
-    assert base is not None
-    exercise(f"http://127.0.0.1:{port}")
+    with killed_on_failure(proc):
+        startup = wait_ready(proc, port)
+        assert "starting a throwaway primary + replica + PgBouncer" in startup
+        assert "Overall: healthy" in startup and "connection pooler in front: yes" in startup
+        assert f"http://127.0.0.1:{port}/" in startup
+        base = re.search(r"primary\s+127\.0\.0\.1:(\d+)", startup)
+        assert base is not None
+        exercise(f"http://127.0.0.1:{port}")
     out = stop(proc)
     assert "Stopped the throwaway servers." in out
     # nothing left listening on the throwaway primary's port
@@ -96,8 +113,9 @@ def test_main_job_with_given_servers(topology: Topology) -> None:
         "SELECT 1 FROM pg_database WHERE datname = 'example'", dbname="postgres") else None
     port = free_port()
     proc = start(env, port)
-    startup = wait_ready(proc, port)
-    assert "throwaway" not in startup and "Overall: healthy" in startup
-    exercise(f"http://127.0.0.1:{port}")
+    with killed_on_failure(proc):
+        startup = wait_ready(proc, port)
+        assert "throwaway" not in startup and "Overall: healthy" in startup
+        exercise(f"http://127.0.0.1:{port}")
     assert "Stopped the throwaway servers." not in stop(proc)
     assert topology.primary.is_running() and topology.replica.is_running()
