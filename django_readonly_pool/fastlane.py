@@ -3,25 +3,36 @@
 Building a Django query (``filter()``: lookups, WHERE tree) and compiling it
 (``as_sql()``) cost more CPU than the round trip of a primary-key read. For the
 most common read of web code, ``await Model.objects.aget(pk=...)`` (or any exact
-lookups on plain fields), the SQL only depends on the model, the alias and the
-names of the lookups. So the first call of a shape goes through Django as
-usual, and is compiled once; later calls reuse the SQL, prepare the parameters
-the way Django's ``Exact`` lookup does, run it through Django's own cursor
-wrapper (``execute_wrapper()`` hooks and ``connection.queries`` see it), and
-build the instances with Django's converters and ``Model.from_db()``.
+lookups on plain columns), the SQL only depends on the model, the alias, the
+queryset's class and the names of the lookups. So the first call of a shape
+goes through Django as usual, and is compiled once; later calls reuse the SQL,
+prepare the parameters the way Django's ``Exact`` lookup does, run it through
+Django's own cursor wrapper (``execute_wrapper()`` hooks and ``connection.queries``
+see it), and build the instances with Django's converters and ``Model.from_db()``.
 
-A call takes the fast lane only when nothing could make its SQL differ:
+A call takes the fast lane only when nothing could make its SQL or its result
+differ from an untouched queryset's:
 
-* the queryset is untouched (no filter, ordering, slicing, annotation,
-  select_related, only/defer, values, prefetch, hints ...) and of a class that
-  does not override ``get()``;
-* every keyword is ``pk`` or a concrete non-relation field (or an attname like
-  ``author_id``), optionally with ``__exact``, whose ``exact`` lookup is
-  Django's own ``Exact``, and no value is None, an expression or a model.
+* the queryset and its ``Query`` are as a fresh one of the model: each of their
+  instance attributes equals what a newly built ``QuerySet``/``Query`` holds (or
+  its class, for attributes ``__init__`` leaves there), so ``extra()``,
+  ``filter()``, ``order_by()``, slicing, ``select_related()``, ``only()``, hints,
+  prefetches, a related manager's filters, and any attribute a future Django sets
+  all take Django's path: nothing is listed by hand;
+* its class overrides no method or attribute of Django's ``QuerySet`` (adding new
+  ones is fine), and the class is part of the cache key;
+* every keyword is ``pk``, a concrete column, or a foreign key's attname
+  (``author_id``), optionally with ``__exact``, whose exact lookup is Django's own
+  (``Exact``, ``IntegerFieldExact``, ``RelatedExact``), and no value is None, an
+  expression, a queryset or a model.
 
 A shape is cached only after checking, on its first compilation, that the
-parameters prepared here are exactly those Django produced. Anything else takes
-Django's path. ``READONLY_POOL["FAST_LANE"] = False`` turns it off.
+parameters prepared here are exactly those Django produced. Values are prepared
+as Django prepares them (``get_prep_value`` then ``get_db_prep_value``); a value
+Django would answer without a query (an integer out of the column's range) or
+refuse takes Django's path, so Django raises its own exception. Django's
+internal ``EmptyResultSet``/``FullResultSet`` never escape.
+``READONLY_POOL["FAST_LANE"] = False`` turns it off.
 """
 
 from __future__ import annotations
@@ -34,14 +45,17 @@ from typing import Any, Final
 
 from django.db import connections
 from django.db.models import Model
-from django.db.models.lookups import Exact, IntegerFieldExact
-from django.db.models.query import MAX_GET_RESULTS, ModelIterable, QuerySet
+from django.db.models.fields.related_lookups import RelatedExact
+from django.db.models.lookups import Exact, IntegerFieldExact, IntegerFieldOverflow
+from django.db.models.query import MAX_GET_RESULTS, QuerySet
+from django.db.models.sql import Query
 
 __all__ = ["clear", "fast_get", "stats"]
 
 _MAX_SHAPES: Final = 2048
-_PLAIN: Final = (int, str, float, bytes)
+_EXACT_LOOKUPS: Final = (Exact, IntegerFieldExact, RelatedExact)
 _NOT_ELIGIBLE: Final = object()
+_NOT_SHAPE_ATTRS: Final = frozenset({"_query", "_db"})  # the alias is part of the key
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +63,21 @@ class _Shape:
     sql: str
     preps: tuple[Callable[[Any], Any], ...]  # one per parameter, in SQL order
     keys: tuple[str, ...]  # the kwargs names, in SQL order
-    # For integer fields: (key, min, max). Django answers an out-of-range value
-    # with no rows and no query; such calls take Django's path.
-    ranges: tuple[tuple[str, int | None, int | None], ...]
-    init_list: tuple[str, ...]
+    init_list: list[str]  # passed to Model.from_db as Django passes it (one list per query)
     converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
     model: type[Model]
     alias: str
 
 
+class _DjangoPath(Exception):
+    """This call's values need Django's own path (Django raises, or answers without a query)."""
+
+
 _shapes: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _lock = threading.Lock()
 _stats = {"hits": 0, "misses": 0, "ineligible": 0}
+_fresh: dict[type[Model], tuple[dict[str, Any], dict[str, Any]]] = {}
+_plain_classes: dict[type[Any], bool] = {}
 
 
 def stats() -> dict[str, int]:
@@ -71,32 +88,63 @@ def clear(**kwargs: Any) -> None:
     """Forget every shape (``setting_changed`` receiver, tests)."""
     with _lock:
         _shapes.clear()
+        _fresh.clear()
 
 
-def _pristine(qs: QuerySet[Any]) -> bool:
-    q = qs.query
-    return (
-        type(qs).get is QuerySet.get
-        and qs._iterable_class is ModelIterable  # type: ignore[attr-defined]
-        and not qs._prefetch_related_lookups  # type: ignore[attr-defined]
-        and not qs._known_related_objects  # type: ignore[attr-defined]
-        and not qs._sticky_filter  # type: ignore[attr-defined]
-        and not qs._hints  # type: ignore[attr-defined]
-        and qs._fields is None  # type: ignore[attr-defined]
-        and not q.where.children
-        and not q.select_related
-        and not q.annotations
-        and not q.extra
-        and not q.distinct
-        and not q.combinator
-        and not q.values_select
-        and not q.select
-        and q.low_mark == 0
-        and q.high_mark is None
-        and q.deferred_loading == (frozenset(), True)
-        and not q.select_for_update
-        and not q.alias_map
-    )
+def _defaults(model: type[Model]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a fresh QuerySet and a fresh Query of *model* hold, attribute by attribute
+    (filled in from the classes as other attribute names are met)."""
+    state = _fresh.get(model)
+    if state is None:
+        fresh: QuerySet[Any] = QuerySet(model=model)
+        state = _fresh[model] = (dict(vars(fresh)), dict(vars(Query(model))))
+    return state
+
+
+def _class_default(cls: type[Any], name: str) -> Any:
+    """The class attribute *name* as stored (a descriptor stays a descriptor: never equal)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return _NOT_ELIGIBLE
+
+
+def _at_defaults(obj: Any, cls: type[Any], defaults: dict[str, Any]) -> bool:
+    """Every instance attribute of *obj* (a chained clone sets some to their class's
+    value) equals a fresh object's."""
+    for name, value in vars(obj).items():
+        if name in _NOT_SHAPE_ATTRS:
+            continue
+        default = defaults.get(name, _NOT_ELIGIBLE)
+        if default is _NOT_ELIGIBLE:
+            default = defaults[name] = _class_default(cls, name)
+        if default is not value and default != value:
+            return False
+    return True
+
+
+def _plain_class(cls: type[Any]) -> bool:
+    """True when *cls* (a QuerySet subclass) overrides nothing of Django's QuerySet."""
+    plain = _plain_classes.get(cls)
+    if plain is None:
+        django_names = set(vars(QuerySet)) - {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__"}
+        plain = _plain_classes[cls] = all(
+            not django_names.intersection(vars(klass)) for klass in cls.__mro__
+            if klass is not QuerySet and issubclass(klass, QuerySet)
+        )
+    return plain
+
+
+def _untouched(qs: QuerySet[Any]) -> bool:
+    """The queryset and its Query are as a fresh one of the model (alias aside)."""
+    cls = type(qs)
+    if cls is not QuerySet and not _plain_class(cls):
+        return False
+    query = qs._query  # type: ignore[attr-defined]
+    if type(query) is not Query:
+        return False
+    queryset_defaults, query_defaults = _defaults(qs.model)
+    return _at_defaults(qs, QuerySet, queryset_defaults) and _at_defaults(query, Query, query_defaults)
 
 
 def _field_for(model: type[Model], key: str) -> Any:
@@ -114,18 +162,35 @@ def _field_for(model: type[Model], key: str) -> Any:
             return None
     if getattr(field, "attname", None) is None or not getattr(field, "concrete", False):
         return None
-    if field.is_relation and name != field.attname:
-        return None  # author=...: Django's related lookups normalise the value
-    if field.get_lookup("exact") not in (Exact, IntegerFieldExact):
+    lookup = field.get_lookup("exact")
+    if field.is_relation:
+        # author_id=...: a plain column. author=...: Django normalises the value first.
+        if name != field.attname or not field.many_to_one or len(field.foreign_related_fields) != 1:
+            return None
+        if lookup is not RelatedExact:
+            return None
+    elif lookup not in _EXACT_LOOKUPS:
         return None
     return field
 
 
 def _prep(field: Any, connection: Any) -> Callable[[Any], Any]:
+    """Prepare a value as Django's exact lookup does; raise _DjangoPath where Django
+    would answer without a query (out of the column's range) or raise."""
     target = field.target_field if field.is_relation else field
+    checked = issubclass(field.get_lookup("exact"), IntegerFieldOverflow)
+    low, high = connection.ops.integer_field_range(field.get_internal_type()) if checked else (None, None)
+    get_prep_value, get_db_prep_value = target.get_prep_value, target.get_db_prep_value
 
     def prep(value: Any) -> Any:
-        return target.get_db_prep_value(target.get_prep_value(value), connection, prepared=True)
+        try:
+            prepared = get_prep_value(value)
+            if checked and isinstance(prepared, int) and (
+                    (low is not None and prepared < low) or (high is not None and prepared > high)):
+                raise _DjangoPath  # Django: no rows, no query
+            return get_db_prep_value(prepared, connection, prepared=True)
+        except Exception:  # noqa: BLE001 - Django raises its own error, or answers without a query
+            raise _DjangoPath from None
 
     return prep
 
@@ -148,12 +213,9 @@ def _compile(qs: QuerySet[Any], alias: str, kwargs: dict[str, Any]) -> Any:
     clone = qs.filter(**kwargs).order_by()
     clone.query.set_limits(high=MAX_GET_RESULTS)
     compiler = clone.query.get_compiler(using=alias)
-    sql, params = compiler.as_sql()
+    sql, params = compiler.as_sql()  # EmptyResultSet/FullResultSet: the caller's business
     preps = tuple(_prep(f, connection) for f in fields)
-    try:
-        mine = [prep(kwargs[key]) for prep, key in zip(preps, keys, strict=True)]
-    except Exception:  # noqa: BLE001 - Django will raise its own error
-        return _NOT_ELIGIBLE
+    mine = [prep(kwargs[key]) for prep, key in zip(preps, keys, strict=True)]
     if list(params) != mine or [type(p) for p in params] != [type(p) for p in mine]:
         return _NOT_ELIGIBLE
     select = compiler.select
@@ -163,68 +225,70 @@ def _compile(qs: QuerySet[Any], alias: str, kwargs: dict[str, Any]) -> Any:
     start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
     if start != 0 or end != len(select):
         return _NOT_ELIGIBLE
-    init_list = tuple(f[0].target.attname for f in select[start:end])
     converters = compiler.get_converters([f[0] for f in select[start:end]])
-    ranges = tuple(
-        (key, *connection.ops.integer_field_range(field.get_internal_type()))
-        for key, field in zip(keys, fields, strict=True)
-        if field.get_lookup("exact") is IntegerFieldExact
-    )
     return _Shape(
-        sql=sql, preps=preps, keys=keys, ranges=ranges, init_list=init_list,
+        sql=sql, preps=preps, keys=keys, init_list=[f[0].target.attname for f in select[start:end]],
         converters=tuple((pos, tuple(convs), expr) for pos, (convs, expr) in converters.items()),
         model=model, alias=alias,
     )
 
 
+def _remember(key: tuple[Any, ...], shape: Any) -> None:
+    with _lock:
+        _shapes[key] = shape
+        while len(_shapes) > _MAX_SHAPES:
+            _shapes.popitem(last=False)
+
+
 def fast_get(qs: QuerySet[Any], alias: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """A sync callable for the bridge doing ``qs.get(**kwargs)``, or None (not eligible)."""
-    if args or not kwargs or not _pristine(qs) or not _values_ok(kwargs):
+    """A sync callable for the bridge doing ``qs.get(**kwargs)``, or None (Django's path)."""
+    if args or not kwargs or not _values_ok(kwargs) or not _untouched(qs):
         _stats["ineligible"] += 1
         return None
-    model = qs.model
-    key = (model, alias, *sorted(kwargs))
+    key = (qs.model, alias, type(qs), *sorted(kwargs))
     shape = _shapes.get(key)
     if shape is _NOT_ELIGIBLE:
         _stats["ineligible"] += 1
         return None
     if shape is None:
         def first_call() -> Any:
-            compiled = _compile(qs, alias, kwargs)
-            with _lock:
-                _shapes[key] = compiled
-                while len(_shapes) > _MAX_SHAPES:
-                    _shapes.popitem(last=False)
-            _stats["misses"] += 1
+            try:
+                compiled = _compile(qs, alias, kwargs)
+            except Exception:  # noqa: BLE001 - EmptyResultSet, FullResultSet, _DjangoPath, Django's own errors
+                # These values answer without SQL, or make Django raise: nothing learnt
+                # about the shape, and Django's path below gives Django's answer.
+                compiled = None
+            if compiled is not None:
+                _remember(key, compiled)
+                _stats["misses"] += 1
             return qs.get(**kwargs)  # Django's own path, this first time
 
         return first_call
-    for name, low, high in shape.ranges:
-        value = kwargs[name]
-        if isinstance(value, int) and ((low is not None and value < low) or (high is not None and value > high)):
-            _stats["ineligible"] += 1
-            return None
+    try:
+        params = [prep(kwargs[name]) for prep, name in zip(shape.preps, shape.keys, strict=True)]
+    except _DjangoPath:
+        _stats["ineligible"] += 1
+        return None
     _stats["hits"] += 1
-    return lambda: _run(shape, kwargs)
+    return lambda: _run(shape, params)
 
 
-def _run(shape: _Shape, kwargs: dict[str, Any]) -> Any:
+def _run(shape: _Shape, params: list[Any]) -> Any:
     connection = connections[shape.alias]
-    params = [prep(kwargs[key]) for prep, key in zip(shape.preps, shape.keys, strict=True)]
     with connection.cursor() as cursor:
         cursor.execute(shape.sql, params)
         rows = cursor.fetchall()
-    model = shape.model
+    model, alias, init_list, converters = shape.model, shape.alias, shape.init_list, shape.converters
     objs = []
     for row in rows:
-        if shape.converters:
+        if converters:
             row = list(row)
-            for pos, convs, expression in shape.converters:
+            for pos, convs, expression in converters:
                 value = row[pos]
                 for converter in convs:
                     value = converter(value, expression, connection)
                 row[pos] = value
-        objs.append(model.from_db(shape.alias, list(shape.init_list), row))
+        objs.append(model.from_db(alias, init_list, row))
     num = len(objs)
     if num == 1:
         return objs[0]

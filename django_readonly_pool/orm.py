@@ -7,11 +7,19 @@ replaced by one that looks at that alias: a pool alias runs the sync twin in the
 bridge (on the event loop, on the async pool); any other alias takes Django's
 own method, unchanged.
 
+A call takes the bridge only when all its reads go to pool aliases: the
+queryset's alias and the alias of every ``Prefetch(queryset=...)`` that names
+one (recursively); otherwise Django's own async path runs it, as without this
+package. ``aiterator()`` on a non-pool alias (a fallback to the primary, say)
+runs each step in ``sync_to_async``, so it can do what it does on the pool
+(Django's own cannot stream ``values_list()``).
+
 Installed by the app's ``ready()`` unless ``READONLY_POOL["ASYNC_ORM"]`` is
 False; :func:`uninstall` restores Django's methods.
 
-Async *writes* (``acreate``, ``aupdate`` ...) keep Django's path; one aimed at a
-pool alias with ``.using()`` is refused at once with a clear error.
+Async *writes* (``acreate``, ``aupdate``, ``Model.asave`` ...) keep Django's own
+methods, untouched (their warnings and tracebacks name your code); one aimed at
+a pool alias with ``.using()`` is refused by the backend's read-only guard.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objec
 
 from . import bridge, fastlane
 from .conf import ENGINE, app_settings
-from .errors import ReadOnlyAliasError
 from .router import _decided
 
 __all__ = [
@@ -47,10 +54,6 @@ READ_METHODS: Final = {
     "acontains": "contains", "aearliest": "earliest", "alatest": "latest",
     "aexplain": "explain",
 }
-WRITE_METHODS: Final = (
-    "acreate", "abulk_create", "abulk_update", "aget_or_create", "aupdate_or_create",
-    "aupdate", "adelete",
-)
 
 _stock: dict[tuple[object, str], Any] = {}
 _engine_of: dict[str, bool] = {}
@@ -91,6 +94,24 @@ def test_mirror_of(alias: str) -> str | None:
     return _test_mirrors.get(alias)
 
 
+def _prefetches_on_pools(lookups: Any) -> bool:
+    """Every ``Prefetch`` among *lookups* that names an alias names a pool alias."""
+    for lookup in lookups:
+        queryset = getattr(lookup, "queryset", None)
+        if queryset is not None:
+            alias = queryset._db
+            if alias is not None and not is_pool_alias(alias):
+                return False
+            if not _prefetches_on_pools(queryset._prefetch_related_lookups):
+                return False
+    return True
+
+
+def bridged(alias: str | None, lookups: Any = ()) -> bool:
+    """True when a read on *alias* with these prefetch *lookups* takes the bridge."""
+    return is_pool_alias(alias) and (not lookups or _prefetches_on_pools(lookups))
+
+
 def forget_engines(**kwargs: Any) -> None:
     """``setting_changed`` receiver (DATABASES)."""
     if kwargs.get("setting") in (None, "DATABASES"):
@@ -109,7 +130,7 @@ def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callab
         alias = self.db
         token = _decided.set(alias)  # the router's answer holds for the whole call
         try:
-            if is_pool_alias(alias):
+            if bridged(alias, self._prefetch_related_lookups):  # type: ignore[attr-defined]
                 return await bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
             return await stock(self, *args, **kwargs)
         finally:
@@ -124,7 +145,7 @@ def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
         alias = self.db
         token = _decided.set(alias)
         try:
-            if is_pool_alias(alias):
+            if bridged(alias, self._prefetch_related_lookups):  # type: ignore[attr-defined]
                 fast = fastlane.fast_get(self, alias, args, kwargs) if app_settings().fast_lane else None
                 if fast is not None:
                     return await bridge.call_in_bridge(fast, (), {})
@@ -136,29 +157,10 @@ def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
     return aget
 
 
-def _write_method(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(stock)
-    async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
-        explicit: str | None = self._db  # type: ignore[attr-defined]
-        if explicit is not None and _uses_engine(explicit):
-            raise _write_refused(name, explicit)
-        return await stock(self, *args, **kwargs)
-
-    return method
-
-
-def _write_refused(name: str, alias: str) -> ReadOnlyAliasError:
-    return ReadOnlyAliasError(
-        f"{name}() refused on the read-only alias {alias!r}: it serves reads only. Send writes "
-        f"to the primary: drop .using({alias!r}) and let django_readonly_pool.router.ReadOnlyRouter "
-        "route them, or use .using('default')."
-    )
-
-
 async def _fetch_all_decided(qs: Any, alias: str | None) -> None:
     token = _decided.set(alias)
     try:
-        if is_pool_alias(alias):
+        if bridged(alias, getattr(qs, "_prefetch_related_lookups", ())):
             await bridge.call_in_bridge(qs._fetch_all, (), {})
         else:
             await sync_to_async(qs._fetch_all)()
@@ -184,19 +186,30 @@ def _take(iterator: Any, n: int) -> list[Any]:
     return list(islice(iterator, n))
 
 
+async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await sync_to_async(fn)(*args, **kwargs)
+
+
 async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterator[Any]:
-    """``aiterator()``: streams from one held connection, in chunks, on the bridge."""
-    alias = self.db
-    if not is_pool_alias(alias):
-        async for item in _stock[(QuerySet, "aiterator")](self.using(alias), chunk_size):
-            yield item
-        return
+    """``aiterator()``: streams ``chunk_size`` rows at a time, on the bridge for pool
+    aliases (one held connection) and through ``sync_to_async`` for any other."""
     if chunk_size <= 0:
         raise ValueError("Chunk size must be strictly positive.")
-    # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
-    # workaround for WITH HOLD cursors) does not turn it off here.
-    iterable = self._iterable_class(self, chunked_fetch=True, chunk_size=chunk_size)
-    run = bridge.call_in_bridge
+    alias = self.db
+    lookups = self._prefetch_related_lookups  # type: ignore[attr-defined]
+    run: Callable[..., Any]
+    if bridged(alias, lookups):
+        # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
+        # workaround for WITH HOLD cursors) does not turn it off here.
+        chunked = True
+        run = bridge.call_in_bridge
+    else:
+        # Django's own aiterator() starts some iterables (values_list) on the
+        # event loop, where they fail: every step runs in the request's thread.
+        chunked = not connections[alias].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        run = _in_thread
+    self = self.using(alias)  # every step reads where the first did
+    iterable = self._iterable_class(self, chunked_fetch=chunked, chunk_size=chunk_size)
     # Some iterables (values_list) run their query in __iter__: start it in the bridge.
     rows = await run(iter, (iterable,), {})
     lookups = self._prefetch_related_lookups  # type: ignore[attr-defined]
@@ -224,7 +237,7 @@ async def _aprefetch_related_objects(model_instances: Any, *related_lookups: Any
     alias = dj_router.db_for_read(type(instances[0]), instance=instances[0]) if instances else None
     token = _decided.set(alias)
     try:
-        if is_pool_alias(alias):
+        if bridged(alias, related_lookups):
             return await bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {})
         return await _stock[(dj_query, "aprefetch_related_objects")](instances, *related_lookups)
     finally:
@@ -250,17 +263,6 @@ async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fie
         _decided.reset(token)
 
 
-def _model_write(name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(stock)
-    async def method(self: dj_models.Model, *args: Any, **kwargs: Any) -> Any:
-        using = kwargs.get("using")
-        if using is not None and _uses_engine(using):
-            raise _write_refused(name, using)
-        return await stock(self, *args, **kwargs)
-
-    return method
-
-
 # --------------------------------------------------------------------------- #
 # Install / uninstall
 # --------------------------------------------------------------------------- #
@@ -283,17 +285,12 @@ def install() -> None:
         if hasattr(QuerySet, name):
             _patch(QuerySet, name, _read_method(name, sync_name, getattr(QuerySet, name)))
     _patch(QuerySet, "aget", _aget(_stock[(QuerySet, "aget")]))
-    for name in WRITE_METHODS:
-        if hasattr(QuerySet, name):
-            _patch(QuerySet, name, _write_method(name, getattr(QuerySet, name)))
     _patch(QuerySet, "__aiter__", _make_aiter(QuerySet))
     _patch(RawQuerySet, "__aiter__", _make_aiter(RawQuerySet))
     _patch(QuerySet, "aiterator", functools.wraps(QuerySet.aiterator)(_aiterator))
     _patch(dj_query, "aprefetch_related_objects", _aprefetch_related_objects)
     _patch(dj_models, "aprefetch_related_objects", _aprefetch_related_objects)
     _patch(dj_models.Model, "arefresh_from_db", _arefresh_from_db)
-    for name in ("asave", "adelete"):
-        _patch(dj_models.Model, name, _model_write(name, getattr(dj_models.Model, name)))
 
 
 def uninstall() -> None:

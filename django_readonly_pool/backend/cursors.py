@@ -38,7 +38,7 @@ __all__ = [
     "StreamingBridgeCursor",
 ]
 
-STREAM_CHUNK: Final = 256  # rows per chunk of psycopg's stream()
+STREAM_CHUNK: Final = 256  # rows per network chunk of psycopg's stream() (loaded one by one)
 
 # --------------------------------------------------------------------------- #
 # The read-only guard (django_readonly_pool.guard) on Django's cursor wrappers
@@ -224,7 +224,9 @@ class StreamingBridgeCursor(BridgeCursor):
         try:
             cur = conn.cursor()
             stream = cur.stream(query, params, size=STREAM_CHUNK)
-            first = await_only(_take(stream, STREAM_CHUNK))
+            # One row: the server's answer and the description. Rows are loaded
+            # one by one as they are asked for, never further than Django asks.
+            first = await_only(_take(stream, 1))
             self.description = cur.description
             self.statusmessage = cur.statusmessage
             self._query = cur._query
@@ -232,7 +234,7 @@ class StreamingBridgeCursor(BridgeCursor):
             await_only(_release(pool, conn, stream))
             raise
         self._rows, self._pos = first, 0
-        self._done = len(first) < STREAM_CHUNK
+        self._done = not first
         if self._done:
             await_only(_release(pool, conn, stream))
         else:
@@ -244,15 +246,18 @@ class StreamingBridgeCursor(BridgeCursor):
         return self
 
     def _fill(self, wanted: int) -> None:
-        while not self._done and len(self._rows) - self._pos < wanted:
-            assert self._held is not None
-            more = await_only(_take(self._held[3], max(STREAM_CHUNK, wanted)))
-            if self._pos:
-                self._rows, self._pos = self._rows[self._pos:], 0
-            self._rows.extend(more)
-            if len(more) < max(STREAM_CHUNK, wanted):
-                self._done = True
-                self.close_stream()
+        """Buffer *wanted* rows (fewer at the end of the result), reading no more."""
+        missing = wanted - (len(self._rows) - self._pos)
+        if self._done or missing <= 0:
+            return
+        assert self._held is not None
+        more = await_only(_take(self._held[3], missing))
+        if self._pos:
+            self._rows, self._pos = self._rows[self._pos:], 0
+        self._rows.extend(more)
+        if len(more) < missing:
+            self._done = True
+            self.close_stream()
 
     def fetchone(self) -> Any:
         self._fill(1)

@@ -1,6 +1,7 @@
 """Models covering the types the async path must return exactly like Django's sync ORM."""
 
 import uuid
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField, DateTimeRangeField, IntegerRangeField
 from django.db import models
@@ -27,6 +28,20 @@ class Tag(models.Model):
         ordering = ["name"]
 
 
+class InPrintQuerySet(models.QuerySet["Book"]):
+    """Overrides filter(): only books in print. The fast lane must leave it to Django."""
+
+    def filter(self, *args: Any, **kwargs: Any) -> "InPrintQuerySet":
+        return super().filter(models.Q(*args, **kwargs), in_print=True)
+
+
+class ShelfQuerySet(models.QuerySet["Book"]):
+    """Adds a method and overrides nothing: the fast lane may take it."""
+
+    def novels(self) -> "ShelfQuerySet":
+        return self.filter(genre="novel")
+
+
 class Book(models.Model):
     class Genre(models.TextChoices):
         NOVEL = "novel"
@@ -50,6 +65,10 @@ class Book(models.Model):
     cover = models.BinaryField(null=True)
     starts_at = models.TimeField(null=True)
     isbn = models.BigIntegerField(unique=True)
+
+    objects = models.Manager()
+    in_print_only = InPrintQuerySet.as_manager()
+    shelf = ShelfQuerySet.as_manager()
 
     class Meta:
         ordering = ["pk"]

@@ -1,0 +1,188 @@
+"""The fast lane gives Django's answer, whatever order its cache was warmed in.
+
+Each defect of issue 12 has a test here, run with the cache warmed in both
+orders; every async answer is compared with Django's sync ORM on the same alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from django.test import override_settings
+
+from django_readonly_pool import fastlane
+from tests.conftest import arun
+from tests.test_equivalence import _aexc, _exc, norm
+from tests.testapp.models import Author, Book
+
+pytestmark = pytest.mark.usefixtures("seeded", "db_access")
+
+
+@pytest.fixture(autouse=True)
+def _cold_cache() -> Iterator[None]:
+    fastlane.clear()
+    with override_settings(READONLY_POOL={**settings.READONLY_POOL, "FAST_LANE": True}):
+        yield
+    fastlane.clear()
+
+
+def pks() -> list[int]:
+    return list(Book.objects.using("default").order_by("pk").values_list("pk", flat=True))
+
+
+def in_order(calls: list[tuple[Callable[[], Any], Callable[[], Awaitable[Any]]]]) -> None:
+    """Run each async call after the ones before it (warming the cache), compare with sync."""
+    async def main() -> list[Any]:
+        out = []
+        for _, call in calls:
+            try:
+                out.append(norm(await call()))
+            except Exception as exc:
+                out.append(f"{type(exc).__name__}: {exc}")
+        return out
+
+    got = arun(main())
+    expected = []
+    for call, _ in calls:
+        try:
+            expected.append(norm(call()))
+        except Exception as exc:
+            expected.append(f"{type(exc).__name__}: {exc}")
+    assert got == expected
+
+
+def shapes_in_both_orders(a: tuple[Any, Any], b: tuple[Any, Any]) -> None:
+    for order in ([a, b, a, b], [b, a, b, a]):
+        fastlane.clear()
+        in_order(order)
+
+
+# -- 1. extra(tables=...) --------------------------------------------------------- #
+
+
+def test_extra_tables_do_not_share_the_plain_shape() -> None:
+    pk = pks()[4]
+    plain = (lambda: Book.objects.using("readonly").get(pk=pk),
+             lambda: Book.objects.using("readonly").aget(pk=pk))
+    cross = (lambda: _exc(lambda: Book.objects.using("readonly").extra(tables=["testapp_tag"]).get(pk=pk)),
+             lambda: _aexc(Book.objects.using("readonly").extra(tables=["testapp_tag"]).aget(pk=pk)))
+    assert "MultipleObjectsReturned" in cross[0]()
+    shapes_in_both_orders(plain, cross)
+
+
+# -- 2. the queryset's class ---------------------------------------------------------- #
+
+
+def test_a_queryset_class_that_overrides_filter_gets_its_own_answer() -> None:
+    out_of_print = Book.objects.using("default").filter(in_print=False).values_list("pk", flat=True)[0]
+    plain = (lambda: Book.objects.using("readonly").get(pk=out_of_print),
+             lambda: Book.objects.using("readonly").aget(pk=out_of_print))
+    custom = (lambda: _exc(lambda: Book.in_print_only.using("readonly").get(pk=out_of_print)),
+              lambda: _aexc(Book.in_print_only.using("readonly").aget(pk=out_of_print)))
+    assert "DoesNotExist" in custom[0]()
+    shapes_in_both_orders(plain, custom)
+
+
+def test_a_queryset_class_that_only_adds_methods_keeps_the_fast_lane() -> None:
+    pk = pks()[2]
+    before = fastlane.stats()["hits"]
+    in_order([(lambda: Book.shelf.using("readonly").get(pk=pk), lambda: Book.shelf.using("readonly").aget(pk=pk))] * 3)
+    assert fastlane.stats()["hits"] - before == 2
+
+
+# -- 3. values Django answers without a query --------------------------------------- #
+
+OUT_OF_RANGE = [2**63, -(2**63) - 1, "99999999999999999999", 1e20, -1e20]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE, ids=repr)
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_out_of_range_values_are_does_not_exist_without_a_query(value: Any, warm: bool) -> None:
+    sent: list[str] = []
+
+    def hook(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append(sql)
+        return execute(sql, params, many, context)
+
+    ids = pks()
+
+    async def main() -> str:
+        if warm:
+            await Book.objects.using("readonly").aget(pk=ids[0])
+            await Book.objects.using("readonly").aget(pk=ids[1])
+        sent.clear()
+        with connections["readonly"].execute_wrapper(hook):
+            return await _aexc(Book.objects.using("readonly").aget(pk=value))
+
+    got = arun(main())
+    assert got == _exc(lambda: Book.objects.using("readonly").get(pk=value))
+    assert got.startswith("DoesNotExist") and sent == []  # Django sends nothing either
+
+
+def test_compiler_internal_exceptions_never_escape() -> None:
+    from django.core.exceptions import EmptyResultSet, FullResultSet
+
+    async def main() -> list[BaseException | None]:
+        out: list[BaseException | None] = []
+        for value in OUT_OF_RANGE:
+            try:
+                await Book.objects.using("readonly").aget(pk=value)
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    for exc in arun(main()):
+        assert not isinstance(exc, (EmptyResultSet, FullResultSet)), exc
+
+
+@pytest.mark.parametrize("value", ["7", 7.0, "abc", 7.5, True], ids=repr)
+def test_values_of_other_types_are_prepared_as_django_does(value: Any) -> None:
+    ids = pks()
+    target = ids[6]
+    value = {"7": str(target), 7.0: float(target), 7.5: target + 0.5}.get(value, value)  # type: ignore[call-overload]
+    warm = (lambda: Book.objects.using("readonly").get(pk=ids[0]), lambda: Book.objects.using("readonly").aget(pk=ids[0]))
+    call = (lambda: _exc(lambda: norm(Book.objects.using("readonly").get(pk=value))),
+            lambda: _aexc(_norm_async(Book.objects.using("readonly").aget(pk=value))))
+    shapes_in_both_orders(warm, call)
+
+
+async def _norm_async(awaitable: Awaitable[Any]) -> Any:
+    return norm(await awaitable)
+
+
+# -- 8. a foreign key's attname is a plain column ------------------------------------- #
+
+
+def test_a_foreign_key_attname_takes_the_fast_lane() -> None:
+    book = Book.objects.using("default").order_by("pk")[3]
+    calls = [(lambda: Book.objects.using("readonly").get(author_id=book.author_id, isbn=book.isbn),
+              lambda: Book.objects.using("readonly").aget(author_id=book.author_id, isbn=book.isbn))] * 3
+    calls.append((lambda: _exc(lambda: Book.objects.using("readonly").get(author_id=book.author_id)),
+                  lambda: _aexc(Book.objects.using("readonly").aget(author_id=book.author_id))))
+    calls.append((lambda: _exc(lambda: Book.objects.using("readonly").get(author_id=2**70)),
+                  lambda: _aexc(Book.objects.using("readonly").aget(author_id=2**70))))
+    before = fastlane.stats()["hits"]
+    in_order(calls)
+    assert fastlane.stats()["hits"] - before >= 3
+
+
+def test_a_related_managers_queryset_keeps_its_filter() -> None:
+    author = Author.objects.using("default").order_by("pk")[1]
+    other = Book.objects.using("default").exclude(author=author).values_list("pk", flat=True)[0]
+    mine = author.books.values_list("pk", flat=True)[0]
+
+    async def main() -> list[str]:
+        readonly_author = await Author.objects.using("readonly").aget(pk=author.pk)
+        out = []
+        for pk in (mine, other, mine):
+            out.append(await _aexc(_norm_async(readonly_author.books.aget(pk=pk))))
+        return out
+
+    got = arun(main())
+    readonly_author = Author.objects.using("readonly").get(pk=author.pk)
+    assert got == [_exc(lambda pk=pk: norm(readonly_author.books.get(pk=pk))) for pk in (mine, other, mine)]
+    assert got[1].startswith("DoesNotExist")
