@@ -5,6 +5,8 @@ The public names are re-exported here; each lives in the module of its concept.
 
 from __future__ import annotations
 
+__version__ = "0.2.0"
+
 from .bridge import run
 from .conf import databases_from_env
 from .errors import (
