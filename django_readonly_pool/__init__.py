@@ -7,7 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-from .bridge import run
 from .conf import databases_from_env
 from .errors import (
     ConfigurationError,
@@ -18,6 +17,7 @@ from .errors import (
     ReadOnlyAliasError,
     ReplicaUnavailable,
 )
+from .orm import run
 from .pool import close_pools, open_pools
 from .router import ReadOnlyRouter, pin_to_primary, routing_scope, unpin, use_primary
 

@@ -17,10 +17,12 @@ support still work: the pools then open on first use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .health import monitor
 from .pool import close_pools, open_pools
 
 __all__ = ["ReadOnlyPoolLifespan"]
@@ -50,13 +52,15 @@ class ReadOnlyPoolLifespan:
             if message["type"] == "lifespan.startup":
                 try:
                     await self._startup()
-                except Exception as exc:  # noqa: BLE001 - reported to the server
-                    logger.error("readonly pool startup failed: %s", exc)
+                except Exception as exc:  # noqa: BLE001 - reported by the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await close_pools()
+                # The servers may go next (a deploy, a throwaway topology): no
+                # probe should report them down as the process exits.
+                await asyncio.to_thread(monitor.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

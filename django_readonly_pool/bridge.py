@@ -8,6 +8,9 @@ on the event loop and switches the result (or the exception) back in. The ORM
 never knows: no thread hop, no ``sync_to_async``, and Django's guard against
 sync I/O in async code stays armed for everything that does not take the bridge.
 
+The bridge knows nothing of routing: :func:`django_readonly_pool.run` (in
+:mod:`~django_readonly_pool.orm`) decides where a call reads, then enters it.
+
 This is the technique of SQLAlchemy's asyncio extension (``greenlet_spawn`` and
 ``await_only``), written here for Django's needs.
 """
@@ -16,14 +19,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from greenlet import getcurrent, greenlet
 
-__all__ = ["BridgeError", "await_only", "call_in_bridge", "in_bridge", "run"]
+__all__ = ["BridgeError", "await_only", "call_in_bridge", "in_bridge"]
 
-P = ParamSpec("P")
 T = TypeVar("T")
 
 
@@ -71,35 +72,3 @@ async def call_in_bridge(fn: Callable[..., T], args: tuple[Any, ...], kwargs: di
         else:
             result = child.switch(value)
     return result  # type: ignore[no-any-return]
-
-
-async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run the synchronous *fn* (ORM reads on pool aliases) from async code.
-
-    ``await django_readonly_pool.run(fn, *args, **kwargs)`` runs *fn* on the
-    event-loop thread; every query it sends to a pool alias awaits the async
-    pool, so concurrent calls run concurrently without threads. Use it for code
-    that mixes several ORM calls::
-
-        def load(pk):
-            book = Book.objects.select_related("author").get(pk=pk)
-            return book, list(book.reviews.all()[:10])
-
-        book, reviews = await django_readonly_pool.run(load, pk)
-
-    Queries in *fn* must target pool aliases: the router's choice for reads is
-    honoured, and when it sends reads elsewhere (a read-your-writes pin, a
-    replica marked down, tests running on a test mirror) *fn* runs through
-    Django's ``sync_to_async`` instead, exactly as without this package.
-    """
-    from .orm import is_pool_alias  # late imports: they import Django's ORM
-    from .router import _decided, current_read_alias
-
-    alias = current_read_alias()
-    token = _decided.set(alias)  # the same answer for every read of fn
-    try:
-        if is_pool_alias(alias):
-            return await call_in_bridge(fn, args, kwargs)
-        return await sync_to_async(fn)(*args, **kwargs)
-    finally:
-        _decided.reset(token)

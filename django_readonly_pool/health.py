@@ -11,18 +11,25 @@ connections (a saturated pool does not delay the probe):
   but has not replayed yet, and the primary is not contacted).
 
 The verdict per alias is one of ``up``, ``lagging`` (beyond ``MAX_LAG_SECONDS``
-or ``MAX_LAG_BYTES``), ``promoted`` (not in recovery any more), ``down`` (cannot
-connect or query), or ``unknown`` (not probed yet; counts as usable). Lag is
+or ``MAX_LAG_BYTES``), ``promoted`` (a configured replica that is not in
+recovery: it stopped being a replica), ``primary`` (the alias deliberately
+targets the primary, ``READONLY_SERVER`` unset: usable), ``down`` (cannot
+connect, or no answer within ``CHECK_TIMEOUT``), or ``unknown`` (not probed
+yet; counts as usable). Lag is
 measured by WAL positions: a replica that has replayed everything the primary
 wrote lags by 0, however old its last replayed transaction (an idle primary
 does not make it look behind). Only when it is behind does the replay
 timestamp give the time lag.
 
-This is the circuit breaker: when the verdict is not ``up`` the router sends
-reads to the primary (``FALLBACK="primary"``) or the pool fails them at once
-(``FALLBACK="fail"``, :class:`~django_readonly_pool.errors.ReplicaUnavailable`);
-the probe keeps retrying, and reads go back to the replica as soon as it is
-healthy. A connection failure seen by a pool wakes the probe at once.
+This is the circuit breaker: when the verdict is ``down``, ``promoted`` or
+``lagging`` the router sends reads to the primary (``FALLBACK="primary"``) or
+the pool fails them at once (``FALLBACK="fail"``,
+:class:`~django_readonly_pool.errors.ReplicaUnavailable`; with ``"primary"``
+only ``down`` fails the reads that name the alias with ``.using()``); the probe
+keeps retrying, and reads go back to the replica as soon as it is healthy. A
+connection failure seen by a pool wakes the probe at once; a ``down`` verdict
+fails the reads waiting for a connection and aborts the statements in flight
+on that replica (a frozen network would otherwise hold them).
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from typing import Any, Final
 import psycopg
 from psycopg import AsyncConnection
 
+from .conf import app_settings
+from .interrupt import interrupt_after
+
 __all__ = ["ReplicaHealth", "health_report", "monitor", "replica_usable", "report_failure"]
 
 logger = logging.getLogger("django_readonly_pool")
@@ -48,7 +58,8 @@ UP: Final = "up"
 DOWN: Final = "down"
 LAGGING: Final = "lagging"
 PROMOTED: Final = "promoted"
-_PROBE_TIMEOUT_CAP: Final = 5.0
+PRIMARY: Final = "primary"
+USABLE: Final = frozenset({UP, PRIMARY, UNKNOWN})
 
 
 @dataclass
@@ -86,13 +97,19 @@ def replica_usable(alias: str) -> bool:
 
 
 def breaker_open(alias: str) -> bool:
-    """True when *alias* is known to be down (its reads should fail fast)."""
+    """True when reads on *alias* should fail fast: it is down, or (``FALLBACK="fail"``)
+    promoted or lagging."""
     state = _states.get(alias)
-    return state is not None and state.status == DOWN
+    if state is None or state.usable:
+        return False
+    return state.status == DOWN or app_settings().fallback == "fail"
 
 
 def report_failure(alias: str, message: str) -> None:
-    """A pool saw the replica fail: probe it now (do not wait for the interval)."""
+    """A pool saw the replica fail: probe it now (starting the monitor if no routed
+    read has yet), so that the breaker can open for the reads waiting."""
+    if not monitor.running:
+        monitor.start()
     monitor.wake()
 
 
@@ -118,10 +135,15 @@ def evaluate(
     paused: bool | None,
     max_lag_seconds: float | None,
     max_lag_bytes: int | None,
+    replica_expected: bool = True,
 ) -> tuple[str, float | None, int | None]:
-    """The verdict for one successful probe: (status, lag seconds, lag bytes)."""
+    """The verdict for one successful probe: (status, lag seconds, lag bytes).
+
+    *replica_expected* is False for an alias that targets the primary on purpose
+    (``READONLY_SERVER`` unset): not being in recovery is then what it should be.
+    """
     if not in_recovery:
-        return PROMOTED, None, None
+        return (PROMOTED if replica_expected else PRIMARY), None, None
     lag_bytes: int | None = None
     lag_seconds: float | None = None
     if replay_lsn is not None and primary_lsn is not None:
@@ -194,8 +216,6 @@ class _Monitor:
             self._loop = None
 
     async def _main(self) -> None:
-        from .conf import app_settings
-
         self._wake = asyncio.Event()
         while not self._stopping:
             settings = app_settings()
@@ -221,8 +241,6 @@ class _Monitor:
         wrapper = connections[alias]
         params = wrapper.get_connection_params()
         if role == "primary":
-            from .conf import app_settings
-
             params = connections[app_settings().primary].get_connection_params()
         params.pop("cursor_factory", None)
         params["connect_timeout"] = max(2, int(timeout))
@@ -239,25 +257,33 @@ class _Monitor:
 
     async def _query(self, alias: str, role: str, sql: str, timeout: float) -> tuple[Any, ...]:
         conn = await self._connection(alias, role, timeout)
+        # Not an asyncio timeout: cancelling the query would wait for a cancel request
+        # to get through, as long as a frozen network stays frozen.
+        interrupt = interrupt_after(timeout, conn)
         try:
-            async with asyncio.timeout(timeout):
-                cur = await conn.execute(sql)
-                row = await cur.fetchone()
-        except BaseException:
+            cur = await conn.execute(sql)
+            row = await cur.fetchone()
+        except BaseException as exc:
             self._conns.pop((alias, role), None)
             with contextlib.suppress(Exception):
                 await conn.close()
+            if interrupt.when() <= asyncio.get_running_loop().time():
+                raise TimeoutError(f"no answer within {timeout:g} s") from exc
             raise
+        finally:
+            interrupt.cancel()
         assert row is not None
         return tuple(row)
 
     async def probe(self, alias: str) -> ReplicaHealth:
         from .backend.base import pool_connection
-        from .conf import app_settings
 
         settings = app_settings()
         state = _states.setdefault(alias, ReplicaHealth(alias))
-        timeout = min(float(pool_connection(alias).readonly_pool_settings.connect_timeout), _PROBE_TIMEOUT_CAP)
+        pool_settings = pool_connection(alias).readonly_pool_settings
+        # A healthy replica answers within CHECK_TIMEOUT (as the pool's pings must):
+        # beyond it, a silent network counts as down.
+        timeout = min(float(pool_settings.connect_timeout), pool_settings.check_timeout)
         query = (
             "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, "
             "pg_last_wal_replay_lsn()::text, "
@@ -269,10 +295,12 @@ class _Monitor:
                 row = await self._query(alias, "replica", query, timeout)
             except psycopg.OperationalError:
                 # The probe's own connection may have died (a restart) while
-                # the server is fine again: one fresh attempt decides.
+                # the server is fine again: one fresh attempt decides. (A
+                # timeout is no such case: it is the answer.)
                 row = await self._query(alias, "replica", query, timeout)
         except Exception as exc:  # noqa: BLE001 - no answer at all means down
-            self._set(state, DOWN, error=_describe(exc, alias))
+            reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else _describe(exc, alias)
+            self._set(state, DOWN, error=reason)
             return state
         in_recovery, receive, replay, paused, age = row
         limits = settings.max_lag_seconds is not None or settings.max_lag_bytes is not None
@@ -288,7 +316,7 @@ class _Monitor:
         status, lag_seconds, lag_bytes = evaluate(
             in_recovery=bool(in_recovery), replay_lsn=parse_lsn(replay), primary_lsn=reference,
             replay_age=age, paused=paused, max_lag_seconds=settings.max_lag_seconds,
-            max_lag_bytes=settings.max_lag_bytes,
+            max_lag_bytes=settings.max_lag_bytes, replica_expected=pool_settings.replica_configured,
         )
         state.in_recovery, state.replay_paused = bool(in_recovery), paused
         state.lag_seconds, state.lag_bytes = lag_seconds, lag_bytes
@@ -302,7 +330,7 @@ class _Monitor:
             return
         previous = state.status
         state.status = status
-        state.usable = status == UP
+        state.usable = status in USABLE
         state.changed_at = state.checked_at
         if not state.usable:
             state.opened += 1

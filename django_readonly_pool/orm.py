@@ -25,9 +25,10 @@ a pool alias with ``.using()`` is refused by the backend's read-only guard.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from itertools import islice
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -38,13 +39,18 @@ from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objec
 
 from . import bridge, fastlane
 from .conf import ENGINE, app_settings
-from .router import _decided
+from .errors import PrewarmFailed, ReplicaUnavailable
+from .router import _decided, current_read_alias
+
+P = ParamSpec("P")
 
 __all__ = [
+    "bridged",
     "install",
     "installed",
     "is_pool_alias",
     "pool_aliases",
+    "run",
     "uninstall",
 ]
 
@@ -94,6 +100,18 @@ def test_mirror_of(alias: str) -> str | None:
     return _test_mirrors.get(alias)
 
 
+@contextmanager
+def test_mirrors_suspended() -> Iterator[None]:
+    """Reads on pool aliases go to their real servers meanwhile, even in tests that
+    mirror them (``TESTS_READ_PRIMARY``): see ``django_readonly_pool.testing.replica_reads``."""
+    saved = dict(_test_mirrors)
+    _test_mirrors.clear()
+    try:
+        yield
+    finally:
+        _test_mirrors.update(saved)
+
+
 def _prefetches_on_pools(lookups: Any) -> bool:
     """Every ``Prefetch`` among *lookups* that names an alias names a pool alias."""
     for lookup in lookups:
@@ -120,21 +138,88 @@ def forget_engines(**kwargs: Any) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# The replacements
+# Dispatch: the bridge for pool aliases, Django's path elsewhere, and the
+# primary when the replica turns out to be unavailable (FALLBACK="primary")
 # --------------------------------------------------------------------------- #
+
+T = TypeVar("T")
+# The replica cannot serve (down, cannot connect, cannot prewarm): not a query error.
+_REPLICA_GONE: Final = (ReplicaUnavailable, PrewarmFailed)
+
+
+def _fallback_alias(alias: str | None) -> str | None:
+    """Where a read that found *alias*'s replica unavailable runs again, or None."""
+    settings = app_settings()
+    if settings.fallback != "primary" or alias in (None, settings.primary):
+        return None
+    return settings.primary
+
+
+async def _dispatch(alias: str | None, lookups: Any,
+                    on_pool: Callable[[], Awaitable[T]], elsewhere: Callable[[str | None], Awaitable[T]]) -> T:
+    """Run a read on *alias*: *on_pool* in the bridge, or *elsewhere(alias)* on Django's path.
+
+    The router's answer holds for the whole call (every statement of it goes to
+    *alias*). A read that finds the replica unavailable (down, cannot connect,
+    cannot prewarm) runs again on the primary when ``FALLBACK`` is ``"primary"``:
+    no read fails because the replica is down, the first one included.
+    """
+    token = _decided.set(alias)
+    try:
+        if not bridged(alias, lookups):
+            return await elsewhere(alias)
+        try:
+            return await on_pool()
+        except _REPLICA_GONE:
+            primary = _fallback_alias(alias)
+            if primary is None:
+                raise
+            _decided.set(primary)
+            return await elsewhere(primary)
+    finally:
+        _decided.reset(token)
+
+
+async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run the synchronous *fn* (ORM reads on pool aliases) from async code.
+
+    ``await django_readonly_pool.run(fn, *args, **kwargs)`` runs *fn* on the
+    event-loop thread; every query it sends to a pool alias awaits the async
+    pool, so concurrent calls run concurrently without threads. Use it for code
+    that mixes several ORM calls::
+
+        def load(pk):
+            book = Book.objects.select_related("author").get(pk=pk)
+            return book, list(book.reviews.all()[:10])
+
+        book, reviews = await django_readonly_pool.run(load, pk)
+
+    Queries in *fn* must target pool aliases: the router's choice for reads is
+    honoured, and when it sends reads elsewhere (a read-your-writes pin, a
+    replica marked down, tests running on a test mirror) *fn* runs through
+    Django's ``sync_to_async`` instead, exactly as without this package. When
+    the replica turns out unavailable while *fn* runs (``FALLBACK="primary"``),
+    *fn* runs again, on the primary: it should only read.
+    """
+    return await _dispatch(
+        current_read_alias(), (),
+        lambda: bridge.call_in_bridge(fn, args, kwargs),
+        lambda alias: sync_to_async(fn)(*args, **kwargs),
+    )
+
+
+def _on(qs: Any, alias: str | None) -> Any:
+    return qs if alias is None or alias == qs.db else qs.using(alias)
 
 
 def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stock)
     async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
-        alias = self.db
-        token = _decided.set(alias)  # the router's answer holds for the whole call
-        try:
-            if bridged(alias, self._prefetch_related_lookups):  # type: ignore[attr-defined]
-                return await bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
-            return await stock(self, *args, **kwargs)
-        finally:
-            _decided.reset(token)
+        return await _dispatch(
+            self.db, self._prefetch_related_lookups,  # type: ignore[attr-defined]
+            lambda: bridge.call_in_bridge(getattr(self, sync_name), args, kwargs),
+            lambda alias: stock(_on(self, alias), *args, **kwargs),
+        )
 
     return method
 
@@ -143,36 +228,36 @@ def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stock)
     async def aget(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
         alias = self.db
-        token = _decided.set(alias)
-        try:
-            if bridged(alias, self._prefetch_related_lookups):  # type: ignore[attr-defined]
-                fast = fastlane.fast_get(self, alias, args, kwargs) if app_settings().fast_lane else None
-                if fast is not None:
-                    return await bridge.call_in_bridge(fast, (), {})
-                return await bridge.call_in_bridge(self.get, args, kwargs)
-            return await stock(self, *args, **kwargs)
-        finally:
-            _decided.reset(token)
+
+        def on_pool() -> Awaitable[Any]:
+            fast = fastlane.fast_get(self, alias, args, kwargs) if app_settings().fast_lane else None
+            if fast is not None:
+                return bridge.call_in_bridge(fast, (), {})
+            return bridge.call_in_bridge(self.get, args, kwargs)
+
+        return await _dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
+                               on_pool, lambda target: stock(_on(self, target), *args, **kwargs))
 
     return aget
 
 
-async def _fetch_all_decided(qs: Any, alias: str | None) -> None:
-    token = _decided.set(alias)
-    try:
-        if bridged(alias, getattr(qs, "_prefetch_related_lookups", ())):
-            await bridge.call_in_bridge(qs._fetch_all, (), {})
-        else:
-            await sync_to_async(qs._fetch_all)()
-    finally:
-        _decided.reset(token)
+async def _fetch_all(qs: Any) -> None:
+    """``async for`` on a queryset (or a raw one): fill its result cache."""
+    async def elsewhere(alias: str | None) -> None:
+        source = _on(qs, alias)
+        await sync_to_async(source._fetch_all)()
+        if source is not qs:  # fell back: the primary's rows are the answer
+            qs._result_cache, qs._prefetch_done = source._result_cache, source._prefetch_done
+
+    await _dispatch(qs.db, getattr(qs, "_prefetch_related_lookups", ()),
+                    lambda: bridge.call_in_bridge(qs._fetch_all, (), {}), elsewhere)
 
 
 def _make_aiter(owner: type) -> Callable[[Any], AsyncIterator[Any]]:
     def __aiter__(self: Any) -> AsyncIterator[Any]:  # noqa: N807
         async def generator() -> AsyncIterator[Any]:
             if self._result_cache is None:
-                await _fetch_all_decided(self, self.db)
+                await _fetch_all(self)
             for item in self._result_cache:
                 yield item
 
@@ -192,11 +277,37 @@ async def _in_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict
 
 async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterator[Any]:
     """``aiterator()``: streams ``chunk_size`` rows at a time, on the bridge for pool
-    aliases (one held connection) and through ``sync_to_async`` for any other."""
+    aliases (one held connection) and through ``sync_to_async`` for any other. A
+    stream the router started on a replica that turns out unavailable before its
+    first chunk starts again on the primary (``FALLBACK="primary"``)."""
     if chunk_size <= 0:
         raise ValueError("Chunk size must be strictly positive.")
     alias = self.db
     lookups = self._prefetch_related_lookups  # type: ignore[attr-defined]
+    stream = _stream(self.using(alias), alias, lookups, chunk_size)
+    try:
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except _REPLICA_GONE:
+            primary = _fallback_alias(alias)
+            if primary is None:
+                raise
+            await stream.aclose()
+            stream = _stream(self.using(primary), primary, lookups, chunk_size)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                return
+        yield first
+        async for item in stream:
+            yield item
+    finally:
+        await stream.aclose()  # at once: the stream holds a pooled connection
+
+
+async def _stream(qs: QuerySet[Any], alias: str | None, lookups: Any, chunk_size: int) -> AsyncGenerator[Any]:
     run: Callable[..., Any]
     if bridged(alias, lookups):
         # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
@@ -206,13 +317,11 @@ async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterat
     else:
         # Django's own aiterator() starts some iterables (values_list) on the
         # event loop, where they fail: every step runs in the request's thread.
-        chunked = not connections[alias].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        chunked = not connections[alias or "default"].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
         run = _in_thread
-    self = self.using(alias)  # every step reads where the first did
-    iterable = self._iterable_class(self, chunked_fetch=chunked, chunk_size=chunk_size)
-    # Some iterables (values_list) run their query in __iter__: start it in the bridge.
+    iterable = qs._iterable_class(qs, chunked_fetch=chunked, chunk_size=chunk_size)  # type: ignore[attr-defined]
+    # Some iterables (values_list) run their query in __iter__: start it where it reads.
     rows = await run(iter, (iterable,), {})
-    lookups = self._prefetch_related_lookups  # type: ignore[attr-defined]
     try:
         while True:
             chunk = await run(_take, (rows, chunk_size), {})
@@ -235,32 +344,31 @@ def _noop() -> None:
 async def _aprefetch_related_objects(model_instances: Any, *related_lookups: Any) -> Any:
     instances = list(model_instances)
     alias = dj_router.db_for_read(type(instances[0]), instance=instances[0]) if instances else None
-    token = _decided.set(alias)
-    try:
-        if bridged(alias, related_lookups):
-            return await bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {})
-        return await _stock[(dj_query, "aprefetch_related_objects")](instances, *related_lookups)
-    finally:
-        _decided.reset(token)
+    stock = _stock[(dj_query, "aprefetch_related_objects")]
+    return await _dispatch(
+        alias, related_lookups,
+        lambda: bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {}),
+        lambda target: stock(instances, *related_lookups),
+    )
 
 
 async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fields: Any = None,
                             from_queryset: Any = None) -> None:
-    if from_queryset is not None:
-        alias = from_queryset.db
-    else:
-        alias = using or dj_router.db_for_read(type(self), instance=self)
-    token = _decided.set(alias)
-    try:
-        if is_pool_alias(alias):
-            return await bridge.call_in_bridge(  # type: ignore[no-any-return]
-                self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}
-            )
-        return await _stock[(dj_models.Model, "arefresh_from_db")](  # type: ignore[no-any-return]
-            self, using=using, fields=fields, from_queryset=from_queryset
-        )
-    finally:
-        _decided.reset(token)
+    alias = from_queryset.db if from_queryset is not None else (
+        using or dj_router.db_for_read(type(self), instance=self))
+    stock = _stock[(dj_models.Model, "arefresh_from_db")]
+
+    def elsewhere(target: str | None) -> Any:
+        fallback = target if target != alias else using
+        queryset = _on(from_queryset, target) if from_queryset is not None else None
+        return stock(self, using=fallback, fields=fields, from_queryset=queryset)
+
+    await _dispatch(
+        alias, (),
+        lambda: bridge.call_in_bridge(
+            self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}),
+        elsewhere,
+    )
 
 
 # --------------------------------------------------------------------------- #

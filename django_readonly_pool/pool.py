@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 import weakref
@@ -56,12 +55,13 @@ from psycopg.types import TypeInfo
 from psycopg.types.hstore import register_hstore
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolClosed, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
-from psycopg_pool.pool_async import ReturnConnection, StopWorker
+from psycopg_pool.pool_async import StopWorker
 
 from . import health as _health
-from .conf import ConnectionTarget, PoolSettings
+from .conf import ConnectionTarget, PoolSettings, app_settings
 from .errors import PoolExhausted, PrewarmFailed, QueryTimeout, ReplicaUnavailable
 from .health import breaker_open, report_failure
+from .interrupt import interrupt_after, shutdown_socket
 
 __all__ = ["ReadPool", "SessionSetup", "SyncReadPool", "close_pools", "open_pools", "registry"]
 
@@ -74,6 +74,7 @@ _BAD: Final = ConnStatus.BAD
 _TUPLES_OK: Final = ExecStatus.TUPLES_OK
 _RECONNECT_DELAY_CAP: Final = 2.0  # seconds between reconnect attempts, at most
 _RECENT_ERROR_WINDOW: Final = 60.0
+_WATCH_SLICE: Final = 0.5  # a sync checkout looks at the replica's health this often while it waits
 # A statement failed this way on a connection that died while idle (a server
 # restart): no answer at all, or the server ending the session. Anything else
 # (PgBouncer's query_wait_timeout ...) is the server's answer: not retried.
@@ -94,6 +95,30 @@ _READ_ONLY_IF_DIRECT: Final = sql.SQL(
     "SELECT CASE WHEN pg_catalog.pg_backend_pid() = {} THEN "
     "pg_catalog.set_config('default_transaction_read_only', 'on', false) END"
 )
+
+
+class _QuietForOurPools(logging.Filter):
+    """psycopg_pool logs a WARNING for every failed connection attempt (every 2 s per
+    pool while a replica is down, from both pools: hundreds in an outage), for every
+    connect cancelled when an event loop ends (with an empty reason) and for every
+    broken connection it discards. For this package's pools the package reports an
+    outage itself, once: the first failure with its cause, the return, and the health
+    monitor's replica down/up. Other pools' records pass untouched."""
+
+    _QUIETED = ("error connecting in ", "reconnection attempt in pool ", "discarding broken connection",
+                "discarding closed connection")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or not isinstance(record.msg, str):
+            return True
+        if not record.msg.startswith(self._QUIETED) or not isinstance(record.args, tuple) or not record.args:
+            return True
+        subject = record.args[0]
+        ours = (isinstance(subject, str) and subject.startswith(("readonly-pool[", "readonly-pool-sync[")))
+        return not (ours or hasattr(subject, "_rop_used_at"))
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietForOurPools())
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,21 +167,6 @@ class _CappedBackoff(AttemptWithBackoff):
         self.delay = min(self.delay, _RECONNECT_DELAY_CAP)
 
 
-def _shutdown_socket(fileno: int) -> None:
-    """Make a stuck connection fail now, without closing its file descriptor.
-
-    ``shutdown()`` wakes the waiting reader with end-of-file; libpq then marks
-    the connection bad and psycopg raises. Closing the descriptor instead would
-    race with its reuse by another connection.
-    """
-    with contextlib.suppress(OSError):
-        sock = socket.socket(fileno=fileno)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        finally:
-            sock.detach()
-
-
 class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
     """The async read pool of one alias on one event loop."""
 
@@ -183,13 +193,15 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         self._reaper: asyncio.Task[None] | None = None
         self._skip_initial_fill = False
         self._last_connect_error: tuple[float, str] | None = None
+        self._prewarming = False
+        self._reset_sessions = not settings.pool_skip_rollback
         self._connections: weakref.WeakSet[AsyncConnection[Any]] = weakref.WeakSet()
         # django.contrib.postgres: hstore / citext[] loaders, as Django registers
         # them on its own connections (type OIDs looked up once per pool).
         self._postgres_types = postgres_types
         self._type_infos: tuple[TypeInfo, ...] | None = None
         self._types_lock = asyncio.Lock()
-        self.in_use = 0  # connections held by clients right now
+        self._lent: set[AsyncConnection[Any]] = set()  # connections held by clients right now
         self.prewarmed = False
         self.prewarm_seconds: float | None = None
         self.opened_at: float | None = None
@@ -206,7 +218,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             open=False,
             configure=self._configure,
             check=self._check if settings.pre_ping else None,
-            reset=None if settings.pool_skip_rollback else self._reset_session,
+            reset=None,  # POOL_SKIP_ROLLBACK false: putconn() resets inline (see there)
             name=f"readonly-pool[{alias}]",
             timeout=settings.checkout_timeout,
             max_lifetime=settings.max_lifetime,
@@ -215,6 +227,11 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             max_idle=86_400.0,
             reconnect_timeout=86_400.0,
         )
+
+    @property
+    def in_use(self) -> int:
+        """Connections held by clients right now."""
+        return len(self._lent)
 
     def __repr__(self) -> str:
         return (
@@ -232,7 +249,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             report_failure(self.alias, message)
             first = self._last_connect_error is None
             self._last_connect_error = (monotonic(), message)
-            if first:
+            if first and not self._prewarming:  # a failed prewarm reports its cause itself
                 logger.warning(
                     "readonly pool %r cannot connect to %s: %s",
                     self.alias, self.target.describe(), message,
@@ -265,7 +282,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                     info.register(conn)
         if conn.info.transaction_status != _IDLE:
             await conn.commit()
-        if self._reset is not None:
+        if self._reset_sessions:
             conn._rop_reset_sql = self.session.reset_sql(tz, conn.info.backend_pid)  # type: ignore[attr-defined]
         conn._rop_used_at = monotonic()  # type: ignore[attr-defined]  # verified by connecting
 
@@ -309,9 +326,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
     async def check_connection(self, conn: AsyncConnection[Any]) -> None:  # type: ignore[override]
         """One empty query, bounded by CHECK_TIMEOUT (also used by :meth:`check`)."""
         self.counters["checks"] += 1
-        handle = asyncio.get_running_loop().call_later(
-            self._check_timeout, _shutdown_socket, conn.pgconn.socket
-        )
+        handle = interrupt_after(self._check_timeout, conn)
         try:
             if conn.autocommit:
                 await conn.execute("")
@@ -377,7 +392,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             if self._check is None or monotonic() - conn._rop_used_at < self._ping_interval:  # type: ignore[attr-defined]
                 if self._check is not None:
                     self.counters["checks_skipped"] += 1
-                self.in_use += 1
+                self._lent.add(conn)
                 return conn
             try:
                 await self.check_connection(conn)
@@ -388,23 +403,31 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                 await self._putconn(conn, from_getconn=True)
                 raise
             else:
-                self.in_use += 1
+                self._lent.add(conn)
                 return conn
         try:
             conn = await super().getconn(timeout)
         except PoolTimeout:
             raise self._timeout_error(timeout) from None
-        self.in_use += 1
+        self._lent.add(conn)
         return conn
 
     def _breaker_error(self) -> ReplicaUnavailable:
         from .health import health_report
 
         state = health_report().get(self.alias, {})
+        status = state.get("status") or "down"
+        detail = state.get("error") or {"down": "no answer", "promoted": "not a standby any more",
+                                         "lagging": "beyond MAX_LAG_*"}.get(status, status)
+        if app_settings().fallback == "fail":
+            hint = ("FALLBACK is 'fail': failing fast while it is probed in the background. Set "
+                    "READONLY_POOL['FALLBACK'] = 'primary' to read from the primary meanwhile.")
+        else:
+            hint = ("FALLBACK is 'primary': reads on the alias run on the primary meanwhile; this one "
+                    "used the pool itself (not through the ORM or django_readonly_pool.run()).")
         return ReplicaUnavailable(
-            f"read-only alias {self.alias!r}: the replica at {self.target.describe()} is down "
-            f"({state.get('error') or 'no answer'}); failing fast while it is probed in the "
-            "background. Set READONLY_POOL['FALLBACK'] = 'primary' to read from the primary meanwhile."
+            f"read-only alias {self.alias!r}: the replica at {self.target.describe()} is {status} "
+            f"({detail}); {hint}"
         )
 
     def _timeout_error(self, timeout: float | None) -> Exception:
@@ -427,8 +450,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         )
 
     async def putconn(self, conn: AsyncConnection[Any]) -> None:
-        if conn._pool is self:
-            self.in_use -= 1
+        self._lent.discard(conn)
         status = conn.pgconn.transaction_status
         if status in (_INTRANS, _INERROR):
             # AUTOCOMMIT false: end the read transaction here, quietly (psycopg
@@ -441,13 +463,21 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
         now = monotonic()
         conn._rop_used_at = now  # type: ignore[attr-defined]
         if status == _IDLE and conn._pool is self and not self._closed:
-            if self._reset is not None:
-                # POOL_SKIP_ROLLBACK false: psycopg resets it in a worker (then
-                # hands it to a waiter or the pool). Queued now, no await.
-                self.run_task(ReturnConnection(self, conn, from_getconn=False))
-                return
+            if self._reset_sessions:
+                # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
+                # at once, for the next borrower (last in, first out), and a failure is
+                # ours to handle, quietly: a connection not known clean is discarded.
+                try:
+                    await self._reset_session(conn)
+                except Exception:  # noqa: BLE001
+                    await conn.close()
+                except BaseException:  # cancelled mid-reset
+                    await conn.close()
+                    await asyncio.shield(super().putconn(conn))
+                    raise
             if (
-                not self._waiting
+                not conn.closed
+                and not self._waiting
                 and self._pool_full_event is None
                 and conn._expire_at > now  # type: ignore[attr-defined]
                 and conn._created_at > self._drained_at  # type: ignore[attr-defined]
@@ -508,11 +538,14 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             return
         self._skip_initial_fill = True
         await self.open(wait=False)
+        self._prewarming = True
         try:
             await self._prewarm(started)
         except BaseException:
             await self.close(timeout=1.0)
             raise
+        finally:
+            self._prewarming = False
         self._after_open()
 
     def _after_open(self) -> None:
@@ -568,8 +601,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             f"(FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM_TIMEOUT="
             f"{self.settings.prewarm_timeout:g}); cause: {cause}"
         )
-        logger.error("%s", message)
-        raise PrewarmFailed(message)
+        raise PrewarmFailed(message)  # reported by whoever opened the pool (logged on first use)
 
     async def _reap_overflow(self) -> None:
         """Close overflow connections that stayed idle for a whole period."""
@@ -602,11 +634,16 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             await self.close_at_loop_end()
 
     async def fail_waiting(self) -> None:
-        """The replica is down: fail the clients waiting for a connection now."""
+        """The replica is down: fail the clients waiting for a connection now, and end
+        the statements in flight (on a frozen network they would wait for ever)."""
         waiting = list(self._waiting)
         self._waiting.clear()
         for position in waiting:
             await position.fail(self._breaker_error())
+        for conn in list(self._lent):
+            conn._rop_aborted = True  # type: ignore[attr-defined]
+            with contextlib.suppress(psycopg.Error):  # already closed: nothing in flight
+                shutdown_socket(conn.pgconn.socket)
 
     def stop_workers(self) -> None:
         """Ask psycopg's workers to end (without waiting)."""
@@ -655,9 +692,7 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
             try:
                 cur = conn.cursor()
                 if self._query_timeout:
-                    timer = asyncio.get_running_loop().call_later(
-                        self._query_timeout, _shutdown_socket, conn.pgconn.socket
-                    )
+                    timer = interrupt_after(self._query_timeout, conn)
                 await cur.execute(query, params)
                 res = cur.pgresult
                 # What makes psycopg's cursor.description not None, without
@@ -666,6 +701,8 @@ class ReadPool(AsyncConnectionPool[AsyncConnection[Any]]):
                     return cur, await cur.fetchall()
                 return cur, None
             except psycopg.OperationalError as exc:
+                if getattr(conn, "_rop_aborted", False):
+                    raise self._breaker_error() from None  # the replica was found down meanwhile
                 if timer is not None and timer.when() <= asyncio.get_running_loop().time():
                     self.counters["query_timeouts"] += 1
                     raise QueryTimeout(
@@ -714,20 +751,69 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
     """
 
     def __init__(self, *args: Any, session: SessionSetup, reset_sessions: bool, pre_ping: bool = True,
-                 ping_interval: float = 0.5, check_timeout: float = 5.0, **kwargs: Any) -> None:
+                 ping_interval: float = 0.5, check_timeout: float = 5.0, alias: str | None = None,
+                 fallback: Callable[[], ConnectionPool] | None = None, **kwargs: Any) -> None:
         self._ping_interval = ping_interval
         self._check_timeout = check_timeout
         self._flushing: threading.Thread | None = None
         self.session = session
         self._reset_sessions = reset_sessions
+        self.alias = alias  # the replica's alias (its health decides the fallback)
+        self._make_fallback = fallback
+        self._fallback: ConnectionPool | None = None
+        self._fallback_lock = threading.Lock()
         super().__init__(*args, check=self.check_connection if pre_ping else None,
                          configure=self._configure_session, **kwargs)
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        """A connection, or, the replica being unavailable (``FALLBACK="primary"``), one of
+        the primary (Django returns it to its own pool): no sync read fails because the
+        replica is down. While waiting, the replica's health is watched: a ``down``
+        verdict ends the wait at once."""
+        if self.alias is None:
+            return super().getconn(timeout)
+        budget = self.timeout if timeout is None else timeout
+        deadline = monotonic() + budget
+        reported = False
+        while True:
+            if breaker_open(self.alias):
+                return self._unavailable(timeout)
+            try:
+                return super().getconn(max(0.001, min(_WATCH_SLICE, deadline - monotonic())))
+            except PoolTimeout:
+                if monotonic() >= deadline:
+                    raise PoolTimeout(f"couldn't get a connection after {budget:.2f} sec") from None
+                if not reported:  # no connection at once: let the probe look at the replica
+                    report_failure(self.alias, "waiting for a connection")
+                    reported = True
+
+    def _unavailable(self, timeout: float | None) -> Any:
+        from .health import health_report
+
+        if self._make_fallback is not None and app_settings().fallback == "primary":
+            with self._fallback_lock:
+                if self._fallback is None:
+                    self._fallback = self._make_fallback()
+                    self._fallback.open()
+            return self._fallback.getconn(timeout)
+        state = health_report().get(self.alias or "", {})
+        raise ReplicaUnavailable(
+            f"read-only alias {self.alias!r}: the replica is {state.get('status') or 'down'} "
+            f"({state.get('error') or 'no answer'}); FALLBACK is 'fail': failing fast while it is probed "
+            "in the background. Set READONLY_POOL['FALLBACK'] = 'primary' to read from the primary meanwhile."
+        )
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._fallback is not None:
+            self._fallback.close(timeout)
+        super().close(timeout)
 
     def _configure_session(self, conn: Any) -> None:
         """Django's session settings (time zone, role), read-only when direct."""
         tz = conn.info.parameter_status("TimeZone")
         conn.execute(self.session.configure_sql(tz, conn.info.backend_pid))  # autocommit: see the backend
         conn._rop_reset_sql = self.session.reset_sql(tz, conn.info.backend_pid)
+        conn._rop_used_at = monotonic()  # verified by configuring (and marks it as this package's)
 
     def _reset_session(self, conn: Any) -> None:
         """POOL_SKIP_ROLLBACK false: back to a clean, configured session (in the
@@ -761,7 +847,7 @@ class SyncReadPool(ConnectionPool):  # type: ignore[type-arg]
             return conn
 
     def check_connection(self, conn: Any) -> None:  # type: ignore[override]
-        timer = threading.Timer(self._check_timeout, _shutdown_socket, (conn.pgconn.socket,))
+        timer = threading.Timer(self._check_timeout, shutdown_socket, (conn.pgconn.socket,))
         timer.daemon = True
         timer.start()
         try:

@@ -128,7 +128,13 @@ async def health(request: HttpRequest) -> JsonResponse:
     body: dict[str, Any] = {"status": "healthy" if healthy else "unhealthy"}
     if await _may_see_details(request):
         body["aliases"] = report
-    return JsonResponse(body, status=200 if healthy else 503)
+    response = JsonResponse(body, status=200 if healthy else 503)
+    if not healthy:
+        # Django logs every 5xx at ERROR: polled every few seconds through an outage that
+        # is hundreds of lines. The pools and the health monitor log the outage, once.
+        # (A private attribute of Django's, checked by django.utils.log.log_response.)
+        response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

@@ -8,6 +8,8 @@ a restart, and no leaked connection (client gauges and the server's backends).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -446,3 +448,72 @@ def test_max_connections_reached_during_growth_keeps_what_it_has(
     assert result["backends"] <= 3
     assert any("too many clients" in r.getMessage() or "remaining connection slots" in r.getMessage()
                for r in caplog.records)
+
+
+# -- an outage in the logs: a handful of lines, not hundreds ------------------------------- #
+
+
+def _noisy(records: list[logging.LogRecord]) -> list[str]:
+    return [f"{r.name} {r.levelname} {r.getMessage()[:120]}" for r in records if r.levelno >= logging.WARNING]
+
+
+def test_connects_cancelled_at_loop_end_are_silent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="psycopg.pool")  # the test settings quiet it (ERROR)
+    with pools_made_by(settings_for(pool_size=20, max_overflow=0, prewarm=False)):
+        async def main() -> None:
+            await open_pools(["readonly"])  # 20 connects start in the background ...
+
+        arun(main())  # ... and the loop ends at once
+    assert _noisy(caplog.records) == []
+
+
+@pytest.mark.slow
+def test_an_outage_is_a_handful_of_log_lines(topology: Topology, caplog: pytest.LogCaptureFixture) -> None:
+    """Replica down for 4 s under async and sync reads and health polling (both pools
+    reconnecting every 2 s): the log says down, retrying, up; not every attempt."""
+    from django.test import AsyncClient
+
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="psycopg.pool")  # the test settings quiet it (ERROR)
+    ids = list(Book.objects.using("default").values_list("pk", flat=True)[:10])
+
+    async def main() -> None:
+        stop_at = time.monotonic() + 9.0
+        client = AsyncClient()
+
+        async def reader() -> None:
+            while time.monotonic() < stop_at:
+                with contextlib.suppress(Exception):
+                    await Book.objects.aget(pk=ids[0])
+                await asyncio.sleep(0.01)
+
+        def sync_reader() -> None:
+            while time.monotonic() < stop_at:
+                with contextlib.suppress(Exception):
+                    Book.objects.get(pk=ids[1])
+                connections.close_all()
+                time.sleep(0.02)
+
+        async def health() -> None:
+            while time.monotonic() < stop_at:
+                await client.get("/health/")
+                await asyncio.sleep(0.2)
+
+        def outage() -> None:
+            time.sleep(2.0)
+            topology.replica.stop("immediate")
+            time.sleep(4.0)
+            topology.replica.start()
+
+        await asyncio.gather(*(reader() for _ in range(8)), health(), asyncio.to_thread(sync_reader),
+                             asyncio.to_thread(outage))
+
+    with pools_made_by(settings_for(pool_size=4, max_overflow=4, checkout_timeout=2)), \
+            override_settings(READONLY_POOL={**BASE, "HEALTH_CHECK_INTERVAL": 0.2, "FALLBACK": "primary"}):
+        arun(main())
+    topology.wait_for_replay()
+    noisy = _noisy(caplog.records)
+    assert any("is down" in line for line in noisy), noisy  # said once ...
+    assert len(noisy) <= 8, "\n".join(noisy)  # ... and not for every attempt, pool and request
+    assert not [line for line in noisy if line.startswith("django.request")], noisy  # no 503 at ERROR

@@ -35,8 +35,9 @@ from django.utils.functional import cached_property
 from psycopg import AsyncClientCursor, AsyncCursor, sql
 
 from django_readonly_pool.bridge import await_only, in_bridge
-from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings
+from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings, app_settings
 from django_readonly_pool.errors import ReadOnlyAliasError
+from django_readonly_pool.health import monitor
 from django_readonly_pool.pool import ReadPool, SessionSetup, SyncReadPool, registry
 
 from .cursors import (
@@ -67,7 +68,35 @@ class DatabaseCreation(PostgresCreation):
         super().set_as_test_mirror(primary_settings_dict)
         from django_readonly_pool.orm import activate_test_mirror
 
-        activate_test_mirror(self.connection.alias, self.connection.settings_dict["TEST"]["MIRROR"])
+        mirrored = self.connection.settings_dict["TEST"]["MIRROR"]
+        activate_test_mirror(self.connection.alias, mirrored)
+        _release_before_destroy(mirrored, self.connection.alias)
+
+
+def _release_before_destroy(mirrored: str, alias: str) -> None:
+    """Before the test runner drops the test database that *alias* mirrors, let go of it:
+    the health monitor's probe connection and the sync pool would keep it "being accessed
+    by other users" (DROP DATABASE fails)."""
+    from django.db import connections
+
+    creation = connections[mirrored].creation
+    destroy = creation.destroy_test_db
+    releases: set[str] = getattr(destroy, "readonly_pool_releases", None) or set()
+    releases.add(alias)
+    if hasattr(destroy, "readonly_pool_releases"):
+        return
+
+    def destroy_test_db(*args: Any, **kwargs: Any) -> Any:
+        monitor.stop()
+        for name in releases:
+            wrapper = connections[name]
+            wrapper.close()
+            if name in wrapper._connection_pools:  # type: ignore[attr-defined]
+                wrapper.close_pool()  # type: ignore[attr-defined]
+        return destroy(*args, **kwargs)
+
+    destroy_test_db.readonly_pool_releases = releases  # type: ignore[attr-defined]
+    creation.destroy_test_db = destroy_test_db  # type: ignore[method-assign]
 
 
 class DatabaseOperations(PostgresOperations):
@@ -145,6 +174,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             pool = SyncReadPool(
                 kwargs=kwargs,
                 open=False,
+                alias=self.alias,
+                fallback=self._primary_sync_pool,
                 session=self.session_setup(kwargs),
                 reset_sessions=not s.pool_skip_rollback,
                 pre_ping=s.pre_ping,
@@ -160,6 +191,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
             )
             pools.setdefault(self.alias, pool)
         return pools[self.alias]
+
+    def _primary_sync_pool(self) -> SyncReadPool:
+        """A small pool on the primary for this alias's sync reads while the replica is
+        unavailable (``FALLBACK="primary"``); its connections are read-only on the server."""
+        from django.db import connections
+
+        s = self.readonly_pool_settings
+        kwargs = connections[app_settings().primary].get_connection_params()
+        kwargs["autocommit"] = True
+        kwargs.setdefault("connect_timeout", s.connect_timeout)
+        return SyncReadPool(
+            kwargs=kwargs, open=False, session=self.session_setup(kwargs), reset_sessions=not s.pool_skip_rollback,
+            pre_ping=s.pre_ping, min_size=0, max_size=s.max_size, timeout=s.checkout_timeout,
+            max_lifetime=s.max_lifetime, max_idle=60.0, reconnect_timeout=86_400.0,
+            name=f"readonly-pool-sync[{self.alias}->primary]", ping_interval=s.pre_ping_interval,
+            check_timeout=s.check_timeout,
+        )
 
     # -- async path ------------------------------------------------------------ #
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Final
@@ -27,9 +28,11 @@ from django.db.backends.utils import CursorWrapper
 from psycopg import AsyncConnection
 
 from django_readonly_pool.bridge import await_only, in_bridge
-from django_readonly_pool.errors import ReadOnlyAliasError
+from django_readonly_pool.errors import PrewarmFailed, ReadOnlyAliasError
 from django_readonly_pool.guard import refuse_unless_read
 from django_readonly_pool.pool import ReadPool, registry
+
+logger = logging.getLogger("django_readonly_pool")
 
 __all__ = [
     "BridgeCursor",
@@ -84,7 +87,11 @@ class ReadOnlyCursorDebugWrapper(_GuardMixin, CursorDebugWrapper):
 def _pool_for(alias: str) -> ReadPool:
     pool = registry.ready(alias)
     if pool is None:
-        pool = await_only(registry.get(alias))
+        try:
+            pool = await_only(registry.get(alias))
+        except PrewarmFailed as exc:  # opened on first use: nobody else reports it
+            logger.error("%s", exc)
+            raise
     return pool
 
 
