@@ -9,6 +9,7 @@ Errors stop the server from starting; warnings point at risky combinations.
 ``readonly_pool.E004``  the ``PRIMARY`` alias is missing, or is itself a pool alias
 ``readonly_pool.E005``  a pool alias has ``CONN_MAX_AGE`` other than 0
 ``readonly_pool.E006``  a pool alias's ``OPTIONS`` hold a secret libpq would report back
+``readonly_pool.E007``  the ``FIDES__DATABASE__*`` environment is invalid (one per problem)
 ``readonly_pool.W001``  the router is not in ``DATABASE_ROUTERS``
 ``readonly_pool.W002``  the app is installed but no alias uses its ENGINE
 ``readonly_pool.W003``  ``POOL_SKIP_ROLLBACK`` without ``AUTOCOMMIT``
@@ -17,17 +18,28 @@ Errors stop the server from starting; warnings point at risky combinations.
 ``readonly_pool.W006``  cookie read-your-writes on, but the middleware is missing
 ``readonly_pool.W007``  a pool alias is not a test mirror
 ``readonly_pool.W008``  a pool alias's sessions can write (``--database`` only)
+``readonly_pool.W009``  a ``FIDES__DATABASE__*`` variable looks like one of ours, misspelt
 =====================  ========================================================
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import ENGINE, OPTIONS_KEY, POOL_ENV_PREFIX, AppSettings, PoolSettings, refused_keyword
+from .conf import (
+    ENGINE,
+    OPTIONS_KEY,
+    POOL_ENV_PREFIX,
+    AppSettings,
+    PoolSettings,
+    deferred_error,
+    near_misses,
+    refused_keyword,
+)
 from .errors import ConfigurationError
 
 __all__ = ["check_configuration"]
@@ -37,9 +49,22 @@ MIDDLEWARE = "django_readonly_pool.middleware.ReadOnlyPoolMiddleware"
 TAG = "readonly_pool"
 
 
+ENVIRONMENT_HINT = (
+    "Fix the variables listed (the README's settings tables say what each accepts); "
+    "python manage.py check_readonly_pool --format json lists them for scripts."
+)
+
+
 @register(TAG)
 def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    messages: list[CheckMessage] = []
+    messages: list[CheckMessage] = [
+        Warning(problem, hint="Unset it, or correct its name.", id="readonly_pool.W009")
+        for problem in near_misses(os.environ)
+    ]
+    environment = deferred_error()
+    if environment is not None:  # the aliases are placeholders: nothing else to check
+        return [*(Error(problem, hint=ENVIRONMENT_HINT, id="readonly_pool.E007")
+                  for problem in environment.problems), *messages]
     databases: dict[str, Any] = getattr(settings, "DATABASES", {}) or {}
     try:
         app = AppSettings.from_setting(getattr(settings, "READONLY_POOL", None))

@@ -26,12 +26,16 @@ import json
 import math
 import os
 import re
+import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Literal
 
-from .errors import ConfigurationError
+from django.conf import settings as django_settings
+
+from .errors import ConfigurationError, ConfigurationWarning
 
 __all__ = [
     "ENGINE",
@@ -63,6 +67,11 @@ PRIMARY_DEFAULTS: Final[Mapping[str, str]] = {
     "PARAMS": "{}",
 }
 
+# The variables of the primary and the replica (the pool's are in POOL_FIELDS).
+_ENV_NAMES: Final = (
+    "SERVER", "PORT", "USER", "PASSWORD", "DB", "PARAMS",
+    "READONLY_SERVER", "READONLY_PORT", "READONLY_USER", "READONLY_PASSWORD", "READONLY_DB", "READONLY_PARAMS",
+)
 # libpq keywords that have a dedicated variable: refused inside *PARAMS.
 _DEDICATED_KEYS: Final[Mapping[str, str]] = {
     "host": "SERVER",
@@ -585,6 +594,58 @@ def _check_unknown_pool_variables(environ: Mapping[str, str], problems: list[str
             )
 
 
+MISCONFIGURED_ENGINE: Final = "django_readonly_pool.backend.misconfigured"
+_deferred: list[ConfigurationError] = []
+
+
+def deferred_error() -> ConfigurationError | None:
+    """The problems of the process environment, when a management command started with them."""
+    return _deferred[-1] if _deferred else None
+
+
+def _management_command() -> str | None:
+    """The command when this process is ``manage.py <command>`` / ``django-admin``."""
+    argv = sys.argv
+    if len(argv) < 2 or argv[1].startswith("-"):
+        return None
+    program = os.path.basename(argv[0])
+    django_main = os.path.join("django", "__main__.py")
+    if "manage" in program or program.startswith("django-admin") or argv[0].endswith(django_main):
+        return argv[1]
+    return None
+
+
+def _message_alone(error: ConfigurationError) -> None:
+    """An uncaught bad-environment error prints as its list of problems, without a traceback
+    (``READONLY_POOL_TRACEBACK=1`` shows it)."""
+    previous = sys.excepthook
+    if getattr(previous, "readonly_pool", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+        if isinstance(value, ConfigurationError) and not os.environ.get("READONLY_POOL_TRACEBACK"):
+            sys.stderr.write(f"{value}\n(READONLY_POOL_TRACEBACK=1 shows where it was raised)\n")
+            return
+        previous(kind, value, traceback)
+
+    hook.readonly_pool = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def near_misses(environ: Mapping[str, str]) -> list[str]:
+    """``FIDES__DATABASE__*`` names that are not ours but look like one of ours
+    (other software shares the prefix: only close matches count)."""
+    known = {ENV_PREFIX + name for name in _ENV_NAMES} | {f.env for f in POOL_FIELDS}
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith(POOL_ENV_PREFIX):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                found.append(f"{name} is not a variable of django-readonly-pool (did you mean {close[0]}?); "
+                             "it is ignored")
+    return found
+
+
 def databases_from_env(
     environ: Mapping[str, str] | None = None, *, readonly_alias: str = "readonly"
 ) -> dict[str, dict[str, Any]]:
@@ -600,9 +661,36 @@ def databases_from_env(
     on a replica.
 
     Raises :class:`~django_readonly_pool.errors.ConfigurationError` (an
-    ``ImproperlyConfigured``) listing every invalid variable at once.
+    ``ImproperlyConfigured``) listing every invalid variable at once, except
+    while a management command (``manage.py``, ``django-admin``) loads its
+    settings: then the aliases get a placeholder engine, Django starts, its
+    system checks list every problem (``readonly_pool.E007``: most commands stop
+    with them, exit code 1) and ``check_readonly_pool`` reports ``misconfigured``
+    (exit code 2, a JSON document with ``--format json``); any use of the
+    database raises the error. Elsewhere (an ASGI or WSGI server importing the
+    settings) a bad process environment stops the start, and the error prints as
+    its list of problems alone, without a traceback.
+
+    A variable under the prefix that is not one of these but looks like one
+    (``READONLY_SERVR``) gives a warning (``readonly_pool.W009``).
     """
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        environ = os.environ
+        for message in near_misses(environ):
+            warnings.warn(message, ConfigurationWarning, stacklevel=2)
+    try:
+        return _databases(environ, readonly_alias)
+    except ConfigurationError as exc:
+        if _management_command() is None or django_settings.configured:
+            if environ is os.environ:
+                _message_alone(exc)
+            raise
+        # A management command is loading its settings: let it start and report.
+        _deferred.append(exc)
+        return {alias: {"ENGINE": MISCONFIGURED_ENGINE} for alias in ("default", readonly_alias)}
+
+
+def _databases(environ: Mapping[str, str], readonly_alias: str) -> dict[str, dict[str, Any]]:
     if not readonly_alias or readonly_alias == "default":
         raise ConfigurationError(
             [f"readonly_alias={readonly_alias!r}: choose a non-empty alias other than 'default'"],
@@ -838,9 +926,7 @@ def app_settings() -> AppSettings:
     """The parsed ``settings.READONLY_POOL`` (cached; reset when it changes)."""
     global _app_settings
     if _app_settings is None:
-        from django.conf import settings
-
-        _app_settings = AppSettings.from_setting(getattr(settings, SETTING_NAME, None))
+        _app_settings = AppSettings.from_setting(getattr(django_settings, SETTING_NAME, None))
     return _app_settings
 
 

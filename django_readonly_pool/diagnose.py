@@ -186,13 +186,17 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
         "replay_paused": paused,
         "measured_against": "replica",
     }
-    per_process = settings.max_size
+    # A process holds up to max_size connections in its async pool, as many in
+    # Django's sync pool (sync code of the same process reads through it), and
+    # one for the health probe.
+    per_process = 2 * settings.max_size + 1
     needed = per_process * workers
     available = max_conn - reserved - current
     report["capacity"] = {
         "per_process": per_process, "workers": workers, "needed": needed,
         "available": available, "headroom": available - needed,
-        "formula": "(POOL_SIZE + MAX_OVERFLOW) x workers <= max_connections - reserved - current",
+        "formula": "(2 x (POOL_SIZE + MAX_OVERFLOW) + 1) x workers <= max_connections - reserved - current "
+                   "(async pool, Django's sync pool and the health probe of each process)",
     }
     if settings.replica_configured and not in_recovery:
         report["status"] = UNHEALTHY
@@ -239,18 +243,43 @@ async def _primary_lag(report: dict[str, Any], alias: str) -> None:
         return
 
 
+def _unhealthy(report: dict[str, Any], error: dict[str, str]) -> None:
+    report["errors"].append(error)
+    if report["status"] == HEALTHY:
+        report["status"] = UNHEALTHY
+
+
 def _risk_warnings(report: dict[str, Any], settings: PoolSettings, wrapper: Any) -> None:
     from .checks import READ_ONLY_HINT
+    from .conf import app_settings
 
     warnings = report["warnings"]
     capacity = report.get("capacity")
     if capacity and capacity["headroom"] < 0:
-        warnings.append({
-            "id": "readonly_pool.W101", "hint": "Lower POOL_SIZE/MAX_OVERFLOW, raise max_connections, or put "
+        _unhealthy(report, {
+            "id": "readonly_pool.E101", "hint": "Lower POOL_SIZE/MAX_OVERFLOW, raise max_connections, or put "
                                                 "PgBouncer in front of the replica.",
-            "message": f"{capacity['workers']} worker(s) x {capacity['per_process']} connections need "
-                       f"{capacity['needed']} but the server has {capacity['available']} free "
+            "message": f"not enough connections: {capacity['workers']} worker(s) x {capacity['per_process']} "
+                       f"connections need {capacity['needed']} but the server has {capacity['available']} free "
                        f"(max_connections - reserved - current).",
+        })
+    replication = report.get("replication") or {}
+    if replication.get("replay_paused"):
+        _unhealthy(report, {
+            "id": "readonly_pool.E102", "hint": "SELECT pg_wal_replay_resume() on the replica.",
+            "message": "WAL replay is paused on the replica: its data grows staler without bound.",
+        })
+    limits = app_settings()
+    lag_bytes, lag_seconds = replication.get("lag_bytes"), replication.get("lag_seconds")
+    beyond = []
+    if limits.max_lag_bytes is not None and lag_bytes is not None and lag_bytes > limits.max_lag_bytes:
+        beyond.append(f"{lag_bytes} bytes > MAX_LAG_BYTES={limits.max_lag_bytes}")
+    if limits.max_lag_seconds is not None and lag_seconds is not None and lag_seconds > limits.max_lag_seconds:
+        beyond.append(f"{lag_seconds} s > MAX_LAG_SECONDS={limits.max_lag_seconds:g}")
+    if beyond:
+        _unhealthy(report, {
+            "id": "readonly_pool.E103", "hint": "Find what holds replay back (pg_stat_replication on the primary).",
+            "message": "the replica lags beyond the configured limit: " + "; ".join(beyond),
         })
     server = report.get("server")
     if server and not server["transaction_read_only"]:

@@ -23,6 +23,7 @@ from django.db.utils import NotSupportedError, OperationalError
 
 __all__ = [
     "ConfigurationError",
+    "ConfigurationWarning",
     "PoolExhausted",
     "PoolUnavailable",
     "PrewarmFailed",
@@ -51,6 +52,10 @@ class ConfigurationError(ReadOnlyPoolError, ImproperlyConfigured):
         lines = [f"django-readonly-pool: {count} {noun} in the {source}:"]
         lines.extend(f"  - {problem}" for problem in self.problems)
         super().__init__("\n".join(lines))
+
+
+class ConfigurationWarning(UserWarning):
+    """A configuration value is suspicious (a near miss of a variable name ...)."""
 
 
 class PoolUnavailable(ReadOnlyPoolError, OperationalError):

@@ -117,3 +117,73 @@ def test_every_id_is_documented(check_id: str) -> None:
     import django_readonly_pool.checks as module
 
     assert f"readonly_pool.{check_id}" in (module.__doc__ or "")
+
+
+# -- a bad environment, from the command line: the list, no traceback ---------------- #
+
+BAD_ENV = {"FIDES__DATABASE__PORT": "54x", "FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM": "maybe",
+           "FIDES__DATABASE__READONLY_PASSWORD": "Sup3r$ecret!"}
+
+
+def _run(*args: str, **env: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", **env})
+
+
+@pytest.mark.parametrize("command", ["check", "migrate", "showmigrations"])
+def test_management_commands_list_the_problems_without_a_traceback(command: str) -> None:
+    out = _run("-m", "django", command, **BAD_ENV)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "Traceback" not in text
+    assert "readonly_pool.E007" in text and "FIDES__DATABASE__PORT='54x'" in text
+    assert "PREWARM='maybe'" in text and "Sup3r$ecret!" not in text
+    assert len(text.splitlines()) < 20, text  # a short list, not a wall
+
+
+def test_a_server_start_prints_the_problems_alone() -> None:
+    """An ASGI server importing the settings: the list, no traceback, nothing served."""
+    out = _run("-m", "uvicorn", "example_project.asgi:application", "--port", "0", **BAD_ENV,
+               DJANGO_SETTINGS_MODULE="example_project.settings", FIDES__DATABASE__SERVER="127.0.0.1")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "Traceback" not in text and "FIDES__DATABASE__PORT='54x'" in text, text
+    assert text.splitlines()[0].startswith("django-readonly-pool: 2 problems in the environment")
+    assert "Sup3r$ecret!" not in text
+
+
+def test_the_traceback_on_request() -> None:
+    out = _run("-c", "import django; django.setup()", **BAD_ENV, READONLY_POOL_TRACEBACK="1")
+    assert "Traceback" in out.stderr and "ConfigurationError" in out.stderr
+
+
+def test_a_near_miss_of_a_variable_warns() -> None:
+    out = _run("-m", "django", "check", FIDES__DATABASE__READONLY_SERVR="replica.internal",
+               FIDES__DATABASE__API_ENGINE_POOL_SIZE="20")  # another program's variable: silent
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "readonly_pool.W009" in text and "did you mean FIDES__DATABASE__READONLY_SERVER?" in text
+    assert "API_ENGINE_POOL_SIZE" not in text
+
+
+def test_near_misses_and_the_python_warning() -> None:
+    from django_readonly_pool import databases_from_env
+    from django_readonly_pool.conf import near_misses
+    from django_readonly_pool.errors import ConfigurationWarning
+
+    assert near_misses({"FIDES__DATABASE__READONLY_SERVR": "x"})
+    assert near_misses({"FIDES__DATABASE__SERVRE": "x", "FIDES__DATABASE__CELERY_POOL": "x"}) == [
+        "FIDES__DATABASE__SERVRE is not a variable of django-readonly-pool (did you mean "
+        "FIDES__DATABASE__SERVER?); it is ignored"]
+    import os
+
+    os.environ["FIDES__DATABASE__READONLY_PASWORD"] = "x"
+    try:
+        with pytest.warns(ConfigurationWarning, match="READONLY_PASSWORD"):
+            databases_from_env()
+    finally:
+        del os.environ["FIDES__DATABASE__READONLY_PASWORD"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from django_readonly_pool.conf import deferred_error
 from django_readonly_pool.diagnose import SCHEMA, diagnose, overall
 from django_readonly_pool.orm import pool_aliases
 
@@ -32,9 +33,14 @@ class Command(BaseCommand):
                             help="Processes that will each open a pool, for the headroom figure (default 1).")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        aliases = options["databases"] or pool_aliases()
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1", returncode=2)
+        environment = deferred_error()
+        if environment is not None:
+            self._emit_failure(options["format"], "the FIDES__DATABASE__* environment is invalid",
+                               list(environment.problems))
+            sys.exit(2)
+        aliases = options["databases"] or pool_aliases()
         unknown = [a for a in aliases if a not in pool_aliases()]
         if not aliases or unknown:
             message = (f"not a pool alias: {', '.join(unknown)}" if unknown
@@ -67,12 +73,16 @@ class Command(BaseCommand):
             self.stdout.write("\r" + " " * 40 + "\r", ending="")
         self.stdout.flush()
 
-    def _emit_failure(self, fmt: str, message: str) -> None:
+    def _emit_failure(self, fmt: str, message: str, problems: list[str] | None = None) -> None:
+        problems = problems or []
         if fmt == "json":
             self.stdout.write(json.dumps({"schema": SCHEMA, "status": "misconfigured", "exit_code": 2,
-                                          "aliases": [], "error": message}, indent=2))
+                                          "aliases": [], "error": message, "problems": problems}, indent=2))
         else:
             self.stderr.write(self.style.ERROR(f"check_readonly_pool: {message}"))
+            for problem in problems:
+                self.stderr.write(f"  - {problem}")
+            self.stdout.write(self.style.ERROR("Overall: misconfigured (exit code 2)"))
 
     def _write_text(self, r: dict[str, Any]) -> None:
         w, s = self.stdout.write, self.style
