@@ -44,7 +44,10 @@ def test_pytest_django_suite_passes(knobs: dict[str, str], topology: object) -> 
 
 
 def test_without_the_mirror_redirection_reads_miss_test_data(topology: object) -> None:
-    result = run(["manage.py", "test", "sample", "--noinput"], SAMPLE_NO_PINS="1", SAMPLE_NO_TEST_REDIRECT="1")
+    # (no fallback either: a replica that has not replayed the new test database yet
+    # would send the reads to the primary, which sees the test's data)
+    result = run(["manage.py", "test", "sample", "--noinput"], SAMPLE_NO_PINS="1", SAMPLE_NO_TEST_REDIRECT="1",
+                 SAMPLE_NO_FALLBACK="1")
     assert result.returncode != 0
     assert "FAILED" in result.stderr
     # reads went to the replica's copy of the test database, which cannot see
@@ -52,3 +55,20 @@ def test_without_the_mirror_redirection_reads_miss_test_data(topology: object) -
     assert any(name in result.stderr for name in (
         "test_sync_read_sees_setup_data", "test_async_read_sees_setup_data", "test_async_write_then_read",
         "test_sync_write_then_read"))
+
+
+@pytest.mark.parametrize("where", ["replica", "primary"])
+def test_tests_that_read_from_the_replica(where: str, topology: object) -> None:
+    """The documented recipe (django_readonly_pool.testing.replica_reads, and the pytest
+    marker), with the alias on the real replica and, without a replica, on the primary's
+    test database itself: the test runner then drops it with the health monitor and the
+    pools let go (no "being accessed by other users")."""
+    knobs = {"SAMPLE_NO_TEST_REDIRECT": "1"}
+    if where == "primary":
+        knobs.update(FIDES__DATABASE__READONLY_SERVER="", FIDES__DATABASE__READONLY_PORT="")
+    django_style = run(["manage.py", "test", "sample.replica_tests", "--noinput", "-v", "2"], **knobs)
+    assert django_style.returncode == 0, django_style.stdout + django_style.stderr
+    assert "Ran 2 tests" in django_style.stderr and "being accessed by other users" not in django_style.stderr
+    pytest_style = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "replica_pytest.py"], **knobs)
+    assert pytest_style.returncode == 0, pytest_style.stdout + pytest_style.stderr
+    assert "2 passed" in pytest_style.stdout

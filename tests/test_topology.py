@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -187,3 +188,46 @@ def test_the_topology_is_private_to_its_account(topology: Topology) -> None:
         owner = subprocess.run(["ps", "-o", "user=", "-p", str(pid)], capture_output=True, text=True,
                                check=False).stdout.strip()
         assert owner == SERVER_ACCOUNT[:len(owner)] and owner, owner  # ps may truncate the name
+
+
+# -- python -m django_readonly_pool.testing up|env|status|down -------------------------- #
+
+
+@pytest.mark.slow
+def test_the_command_line_starts_and_stops_servers_for_development(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FIDES__", "READONLY_POOL_TEST"))}
+        return subprocess.run([sys.executable, "-m", "django_readonly_pool.testing", *args, "--dir", str(state)],
+                              capture_output=True, text=True, timeout=240, check=False, env=env)
+
+    assert cli("status").returncode == 1
+    started = cli("up")
+    assert started.returncode == 0, started.stderr
+    try:
+        exports = dict(line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines())
+        assert {"FIDES__DATABASE__SERVER", "FIDES__DATABASE__PORT", "FIDES__DATABASE__PASSWORD",
+                "FIDES__DATABASE__READONLY_PORT"} <= set(exports)
+        assert oct(state.stat().st_mode & 0o777) == "0o700"
+        # the exports, evaluated by a shell, point databases_from_env() at the servers
+        shell = subprocess.run(["bash", "-c", f'eval "$({sys.executable} -m django_readonly_pool.testing env '
+                                f'--dir {state})"; {sys.executable} -c "'
+                                "from django_readonly_pool import databases_from_env; import psycopg; "
+                                "d = databases_from_env()['readonly']; "
+                                "c = psycopg.connect(host=d['HOST'], port=d['PORT'], user=d['USER'], "
+                                "password=d['PASSWORD'], dbname=d['NAME']); "
+                                "print(c.execute('SELECT pg_is_in_recovery()').fetchone()[0])\""],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert shell.stdout.strip() == "True", shell.stderr
+        assert "running" in cli("status").stdout
+        assert cli("up").stdout == started.stdout  # already up: the same servers
+        through = cli("env", "--pgbouncer").stdout
+        assert through != started.stdout and "READONLY_PORT" in through
+        base = Path(json.loads((state / "state.json").read_text())["environ"]["READONLY_POOL_TEST_TOPOLOGY"]).parent
+        assert _processes_under(str(base))
+    finally:
+        stopped = cli("down")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not base.exists() and _processes_under(str(base)) == []
+    assert cli("status").returncode == 1 and cli("env").returncode == 1

@@ -11,6 +11,13 @@ The servers start before pytest-django loads your settings, and the
 stop, kill or restart servers. Everything is stopped and removed at the end of
 the session, also when the run fails; a watchdog does it if pytest is killed.
 
+``@pytest.mark.readonly_pool_replica`` makes a test read from the real replica
+(not the test mirror's primary): it implies
+``django_db(transaction=True, databases="__all__")`` and the
+``readonly_pool_replica`` fixture, whose ``wait_for_replay()`` (``await
+await_replay()`` in async tests) waits for the replica to replay the test's
+writes (see :mod:`django_readonly_pool.testing.replica`).
+
 When ``READONLY_POOL_TEST_TOPOLOGY`` is already set (a pytest run started by a
 test of the outer run) the existing topology is reused.
 """
@@ -46,6 +53,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "readonly_pool_pgbouncer", type="bool", default=True,
         help="also start PgBouncer (transaction mode) in front of the replica",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "readonly_pool_replica: read from the real replica in this test (committed writes, "
+                   "no test-mirror redirection); see django_readonly_pool.testing.replica",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("readonly_pool_replica") is None:
+            continue
+        if item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.django_db(transaction=True, databases="__all__"))
+        item.fixturenames.insert(0, "readonly_pool_replica")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def readonly_pool_replica(request: pytest.FixtureRequest) -> Generator[Any, None, None]:
+    """Reads go to the real replica in this test; ``.wait_for_replay()`` waits for its writes."""
+    from .replica import replica_reads
+
+    request.getfixturevalue("transactional_db")
+    with replica_reads() as replica:
+        yield replica
 
 
 def _enabled(config: pytest.Config) -> bool:

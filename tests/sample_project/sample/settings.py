@@ -18,3 +18,5 @@ if os.environ.get("SAMPLE_NO_PINS"):
     READONLY_POOL.update(PIN_AFTER_WRITE=False, STICKY_SECONDS=0)
 if os.environ.get("SAMPLE_NO_TEST_REDIRECT"):
     READONLY_POOL["TESTS_READ_PRIMARY"] = False
+if os.environ.get("SAMPLE_NO_FALLBACK"):
+    READONLY_POOL["FALLBACK"] = "fail"
