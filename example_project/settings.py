@@ -32,5 +32,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_readonly_pool": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "django_readonly_pool": {"handlers": ["console"], "level": "INFO"},
+        # 4xx as warnings, 5xx as errors with their traceback (Django logs them only
+        # to the console with DEBUG, and mails them otherwise).
+        "django.request": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }

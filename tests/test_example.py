@@ -60,6 +60,10 @@ def exercise(base: str) -> dict[str, object]:
         assert entry["statements"] >= before + 4  # the pages read through the pool
         metrics = client.get("/metrics").text
         assert 'readonly_pool_statements_total{alias="readonly"}' in metrics
+        assert client.get("/books/999999/").status_code == 404
+        assert client.post(f"/books/{books[0]['id']}/reviews/", content=b"{not json").status_code == 400
+        assert client.post(f"/books/{books[0]['id']}/reviews/", json={"stars": 9}).status_code == 400
+        assert client.post("/books/999999/reviews/", json={"stars": 3}).status_code == 404
         return entry
 
 
@@ -98,6 +102,8 @@ def test_main_job_with_throwaway_servers(tmp_path: Path) -> None:
         exercise(f"http://127.0.0.1:{port}")
     out = stop(proc)
     assert "Stopped the throwaway servers." in out
+    assert "Not Found: /books/999999/" in out and "Bad Request" in out  # logged, as 4xx warnings
+    assert "is down" not in out  # the monitor stopped before the servers did
     # nothing left listening on the throwaway primary's port
     with pytest.raises(OSError):
         import socket
@@ -119,3 +125,18 @@ def test_main_job_with_given_servers(topology: Topology) -> None:
         exercise(f"http://127.0.0.1:{port}")
     assert "Stopped the throwaway servers." not in stop(proc)
     assert topology.primary.is_running() and topology.replica.is_running()
+
+
+def test_a_failed_prewarm_is_reported_once(topology: Topology) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env["FIDES__DATABASE__DB"] = "example"
+    env["FIDES__DATABASE__READONLY_PORT"] = str(free_port())  # nothing listens there
+    env["FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM"] = "true"
+    env["FIDES__DATABASE__ASYNC_READONLY_DATABASE_PREWARM_TIMEOUT"] = "3"
+    port = free_port()
+    proc = start(env, port)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Application startup failed" in out
+    # once in check_readonly_pool's report, once as the server's reason not to start
+    assert out.count("prewarm of the read-only pool 'readonly' failed") == 2, out

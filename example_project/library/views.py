@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from django.db.models import Avg, Count
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 
 import django_readonly_pool
 from example_project.library.models import Author, Book, Review
@@ -39,7 +39,10 @@ async def book_list(request: HttpRequest) -> JsonResponse:
 
 
 async def book_detail(request: HttpRequest, pk: int) -> JsonResponse:
-    book = await Book.objects.select_related("author").prefetch_related("reviews").aget(pk=pk)
+    try:
+        book = await Book.objects.select_related("author").prefetch_related("reviews").aget(pk=pk)
+    except Book.DoesNotExist:
+        raise Http404(f"no book {pk}") from None
     reviews = [{"stars": r.stars, "body": r.body} for r in book.reviews.all()]
     return JsonResponse({**_book(book), "reviews": reviews})
 
@@ -47,8 +50,16 @@ async def book_detail(request: HttpRequest, pk: int) -> JsonResponse:
 async def add_review(request: HttpRequest, pk: int) -> JsonResponse | HttpResponseNotAllowed:
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    data = json.loads(request.body or b"{}")
-    review = await Review.objects.acreate(book_id=pk, stars=int(data.get("stars", 5)), body=data.get("body", ""))
+    try:
+        data = json.loads(request.body or b"{}")
+        stars, body = int(data.get("stars", 5)), str(data.get("body", ""))
+    except (ValueError, TypeError, AttributeError):
+        return JsonResponse({"error": 'expected a JSON object such as {"stars": 5, "body": "..."}'}, status=400)
+    if not 1 <= stars <= 5:
+        return JsonResponse({"error": "stars must be from 1 to 5"}, status=400)
+    if not await Book.objects.using("default").filter(pk=pk).aexists():
+        raise Http404(f"no book {pk}")
+    review = await Review.objects.acreate(book_id=pk, stars=stars, body=body)
     # Read-your-writes: this request wrote, so its reads go to the primary.
     reviews = Review.objects.filter(book_id=pk)
     count = await reviews.acount()
