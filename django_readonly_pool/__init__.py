@@ -8,6 +8,7 @@ from __future__ import annotations
 __version__ = "0.2.0"
 
 from .conf import databases_from_env
+from .dispatch import run
 from .errors import (
     ConfigurationError,
     PoolExhausted,
@@ -17,7 +18,6 @@ from .errors import (
     ReadOnlyAliasError,
     ReplicaUnavailable,
 )
-from .orm import run
 from .pool import close_pools, open_pools
 from .router import ReadOnlyRouter, pin_to_primary, routing_scope, unpin, use_primary
 

@@ -22,6 +22,17 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import django.core.handlers.asgi as asgi_module
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.core import checks
+from django.core.cache import close_caches
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import reset_urlconf
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, reset_queries
+from django.http import HttpRequest, HttpResponseBase
+
 from .health import monitor
 from .pool import close_pools, open_pools
 
@@ -65,8 +76,6 @@ class ReadOnlyPoolLifespan:
                 return
 
     async def _startup(self) -> None:
-        from django.core import checks
-
         errors = [m for m in checks.run_checks(tags=["readonly_pool"]) if m.is_serious()]
         if errors:
             raise RuntimeError("; ".join(f"{m.id}: {m.msg}" for m in errors))
@@ -94,8 +103,6 @@ class ReadOnlyPoolLifespan:
 
 
 def _request_used_a_thread() -> bool:
-    from asgiref.sync import SyncToAsync
-
     try:
         context = SyncToAsync.thread_sensitive_context.get(None)
         executors = SyncToAsync.context_to_thread_executor
@@ -107,9 +114,6 @@ def _request_used_a_thread() -> bool:
 async def _request_started(**kwargs: Any) -> None:
     """ASGI request_started receiver standing for Django's sync ones."""
     if _request_used_a_thread():
-        from asgiref.sync import sync_to_async
-        from django.db import close_old_connections, reset_queries
-
         def both() -> None:
             reset_queries()
             close_old_connections()
@@ -119,26 +123,16 @@ async def _request_started(**kwargs: Any) -> None:
 
 def _django_finish_receivers() -> set[Any]:
     """Django's own request_finished receivers: no I/O when no thread was used."""
-    from django.core.cache import close_caches
-    from django.core.handlers.base import reset_urlconf
-    from django.db import close_old_connections, reset_queries
-
     return {close_old_connections, close_caches, reset_queries, reset_urlconf}
 
 
 def _closes_a_request(closer: Any) -> bool:
     """Django adds request.close (its in-memory body) to every response."""
-    from django.http import HttpRequest
-
     return isinstance(getattr(closer, "__self__", None), HttpRequest) and closer.__name__ == "close"
 
 
 def _handler_sync_to_async(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Stands for sync_to_async in django.core.handlers.asgi (response.close only)."""
-    from asgiref.sync import sync_to_async
-    from django.core.signals import request_finished
-    from django.http import HttpResponseBase
-
     response = getattr(func, "__self__", None)
     if (
         isinstance(response, HttpResponseBase)
@@ -167,12 +161,6 @@ def _handler_classes(base: type) -> list[type]:
 
 def install_request_receivers() -> None:
     """Remove Django's per-request thread hops where a request needs none."""
-    import django.core.handlers.asgi as asgi_module
-    from django.core.handlers.asgi import ASGIHandler
-    from django.core.handlers.wsgi import WSGIHandler
-    from django.core.signals import request_started
-    from django.db import close_old_connections, reset_queries
-
     replaced = [r for r in (close_old_connections, reset_queries) if request_started.disconnect(r)]
     for receiver in replaced:  # unchanged for WSGI (and any other sender but ASGI handlers)
         for handler in _handler_classes(WSGIHandler):

@@ -29,6 +29,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 
 from .conf import (
     ENGINE,
@@ -202,8 +203,6 @@ READ_ONLY_HINT = (
 @register(TAG, Tags.database)
 def check_read_only_sessions(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """``manage.py check --database ALIAS``: can a session of the pool alias write?"""
-    from django.db import connections
-
     messages: list[CheckMessage] = []
     configured: dict[str, Any] = getattr(settings, "DATABASES", {}) or {}
     for alias in databases or ():

@@ -10,7 +10,7 @@ the schema). Nothing in it holds a secret.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import socket
 import statistics
 import time
@@ -19,11 +19,13 @@ from typing import Any
 
 import psycopg
 from django.core.checks import Error, Warning
+from django.db import connections
 
-from .checks import check_configuration
-from .conf import ConnectionTarget, PoolSettings
+from .backend.base import pool_connection
+from .checks import READ_ONLY_HINT, check_configuration
+from .conf import ConnectionTarget, PoolSettings, app_settings
 from .errors import ConfigurationError
-from .health import parse_lsn
+from .replication import PRIMARY_LSN_SQL, REPLICA_STATE_COLUMNS, lag, parse_lsn
 
 __all__ = ["SCHEMA", "diagnose"]
 
@@ -64,8 +66,6 @@ def configuration_messages(alias: str) -> tuple[list[dict[str, str]], list[dict[
 
 
 async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = None) -> dict[str, Any]:
-    from .backend.base import pool_connection
-
     wrapper = pool_connection(alias)
     target = ConnectionTarget.from_settings(wrapper.settings_dict)
     report: dict[str, Any] = {
@@ -97,33 +97,25 @@ async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = 
         return report
     report["settings"] = settings.as_options()
 
-    pool = wrapper.make_read_pool()
+    # Not prewarmed in production: the pool opens (and the sample measures) a few connections.
+    sample = settings.pool_size if settings.prewarm else min(settings.pool_size, 5)
+    pool = wrapper.make_read_pool(dataclasses.replace(settings, pool_size=sample) if not settings.prewarm else None)
     connect_times: list[float] = []
-    original_connect = pool._connect
 
-    async def timed_connect(timeout: float | None = None) -> Any:
-        started = time.monotonic()
-        conn = await original_connect(timeout)
-        connect_times.append((time.monotonic() - started) * 1000)
+    def timed(milliseconds: float) -> None:
+        connect_times.append(milliseconds)
         if progress is not None:
             progress("connect", len(connect_times), sample)
-        return conn
 
-    pool._connect = timed_connect  # type: ignore[method-assign]
-    sample = settings.pool_size if settings.prewarm else min(settings.pool_size, 5)
+    pool.connects.listener = timed
     try:
         started = time.monotonic()
+        await pool.start()
         if settings.prewarm:
-            await pool.start()
             report["prewarm"] = {"enabled": True, "connections": settings.pool_size,
                                  "seconds": round(pool.prewarm_seconds or time.monotonic() - started, 4)}
         else:
-            # Not prewarmed in production: measure a few connections anyway.
-            pool._skip_initial_fill = True
-            await pool.open(wait=False)
-            conns = await asyncio.gather(*(pool._connect() for _ in range(sample)))
-            for conn in conns:
-                await conn.close()
+            await pool.wait(timeout=max(5.0, settings.checkout_timeout))
             report["prewarm"] = {"enabled": False, "connections": 0, "seconds": None}
         report["connect_ms"] = _percentiles(connect_times)
         conn = await pool.getconn()
@@ -133,7 +125,11 @@ async def diagnose(alias: str, *, workers: int = 1, progress: Progress | None = 
             await pool.putconn(conn)
     except Exception as exc:  # noqa: BLE001 - the report is the point
         report["status"] = UNHEALTHY
-        report["errors"].append({"id": "", "message": f"{type(exc).__name__}: {exc}".strip(), "hint": ""})
+        message = f"{type(exc).__name__}: {exc}".strip()
+        last = pool.connects.last_error
+        if last is not None and last[1] not in message:
+            message += f"; the last attempt to connect failed: {last[1]}"
+        report["errors"].append({"id": "", "message": message, "hint": ""})
     finally:
         await pool.close()
 
@@ -146,19 +142,16 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
                         workers: int) -> None:
     cur = await conn.execute(
         "SELECT current_setting('server_version'), current_setting('server_version_num')::int, "
-        "pg_is_in_recovery(), current_setting('transaction_read_only'), "
+        "current_setting('transaction_read_only'), "
         "current_setting('max_connections')::int, "
         "current_setting('superuser_reserved_connections')::int + "
         "COALESCE(current_setting('reserved_connections', true)::int, 0), "
         "(SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int, "
-        "host(inet_server_addr()), inet_server_port(), "
-        "pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
-        "CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END, "
-        "EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8, "
-        "pg_backend_pid()"
+        "host(inet_server_addr()), inet_server_port(), pg_backend_pid(), "
+        f"{REPLICA_STATE_COLUMNS}"
     )
-    (version, version_num, in_recovery, read_only, max_conn, reserved, current, addr, port,
-     receive, replay, paused, age, server_pid) = await cur.fetchone()
+    (version, version_num, read_only, max_conn, reserved, current, addr, port, server_pid,
+     in_recovery, receive, replay, paused, age) = await cur.fetchone()
     rtts = []
     for _ in range(20):
         started = time.monotonic()
@@ -177,12 +170,10 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
         "reserved_connections": reserved, "current_connections": current,
         "address": f"{addr}:{port}" if addr else "(unix socket)", "pooler": not direct,
     }
-    receive_lsn, replay_lsn = parse_lsn(receive), parse_lsn(replay)
+    lag_seconds, lag_bytes = lag(parse_lsn(replay), parse_lsn(receive), age)
     report["replication"] = {
-        "lag_bytes": (max(0, receive_lsn - replay_lsn) if receive_lsn is not None and replay_lsn is not None
-                      else None),
-        "lag_seconds": (0.0 if receive_lsn == replay_lsn else (round(age, 3) if age is not None else None))
-        if in_recovery else None,
+        "lag_bytes": lag_bytes,
+        "lag_seconds": (round(lag_seconds, 3) if lag_seconds is not None else None) if in_recovery else None,
         "replay_paused": paused,
         "measured_against": "replica",
     }
@@ -209,10 +200,6 @@ async def _server_facts(conn: Any, report: dict[str, Any], settings: PoolSetting
 
 async def _primary_lag(report: dict[str, Any], alias: str) -> None:
     """Lag in bytes against the primary's own WAL position, when reachable."""
-    from django.db import connections
-
-    from .conf import app_settings
-
     replication = report.get("replication")
     if not replication or replication.get("lag_bytes") is None or not report["server"]["in_recovery"]:
         return
@@ -221,7 +208,7 @@ async def _primary_lag(report: dict[str, Any], alias: str) -> None:
         params.pop("cursor_factory", None)
         params["connect_timeout"] = 5
         async with await psycopg.AsyncConnection.connect(autocommit=True, **params) as conn:
-            cur = await conn.execute("SELECT pg_current_wal_lsn()::text")
+            cur = await conn.execute(PRIMARY_LSN_SQL)
             row = await cur.fetchone()
             assert row is not None
             (primary_lsn,) = row
@@ -233,12 +220,12 @@ async def _primary_lag(report: dict[str, Any], alias: str) -> None:
             row = await cur.fetchone()
             assert row is not None
             (replay,) = row
-        primary, replayed = parse_lsn(primary_lsn), parse_lsn(replay)
-        if primary is not None and replayed is not None:
-            replication["lag_bytes"] = max(0, primary - replayed)
+        lag_seconds, lag_bytes = lag(parse_lsn(replay), parse_lsn(primary_lsn), None)
+        if lag_bytes is not None:
+            replication["lag_bytes"] = lag_bytes
             replication["measured_against"] = "primary"
-            if replication["lag_bytes"] == 0:
-                replication["lag_seconds"] = 0.0
+            if lag_bytes == 0:
+                replication["lag_seconds"] = lag_seconds
     except Exception:  # noqa: BLE001 - keep the replica-side estimate
         return
 
@@ -250,9 +237,6 @@ def _unhealthy(report: dict[str, Any], error: dict[str, str]) -> None:
 
 
 def _risk_warnings(report: dict[str, Any], settings: PoolSettings, wrapper: Any) -> None:
-    from .checks import READ_ONLY_HINT
-    from .conf import app_settings
-
     warnings = report["warnings"]
     capacity = report.get("capacity")
     if capacity and capacity["headroom"] < 0:

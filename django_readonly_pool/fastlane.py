@@ -41,6 +41,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from django.db import connections
@@ -85,7 +86,9 @@ def stats() -> dict[str, int]:
 
 
 def clear(**kwargs: Any) -> None:
-    """Forget every shape (``setting_changed`` receiver, tests)."""
+    """Forget every shape (tests; ``setting_changed`` receiver: when DATABASES changes)."""
+    if kwargs.get("setting") not in (None, "DATABASES"):
+        return
     with _lock:
         _shapes.clear()
         _fresh.clear()
@@ -143,7 +146,8 @@ def _untouched(qs: QuerySet[Any]) -> bool:
     query = qs._query  # type: ignore[attr-defined]
     if type(query) is not Query:
         return False
-    queryset_defaults, query_defaults = _defaults(qs.model)
+    model = qs.model
+    queryset_defaults, query_defaults = _fresh.get(model) or _defaults(model)
     return _at_defaults(qs, QuerySet, queryset_defaults) and _at_defaults(query, Query, query_defaults)
 
 
@@ -265,12 +269,15 @@ def fast_get(qs: QuerySet[Any], alias: str, args: tuple[Any, ...], kwargs: dict[
 
         return first_call
     try:
-        params = [prep(kwargs[name]) for prep, name in zip(shape.preps, shape.keys, strict=True)]
+        if len(shape.keys) == 1:  # aget(pk=...): no comprehension
+            params = [shape.preps[0](kwargs[shape.keys[0]])]
+        else:
+            params = [prep(kwargs[name]) for prep, name in zip(shape.preps, shape.keys, strict=True)]
     except _DjangoPath:
         _stats["ineligible"] += 1
         return None
     _stats["hits"] += 1
-    return lambda: _run(shape, params)
+    return partial(_run, shape, params)
 
 
 def _run(shape: _Shape, params: list[Any]) -> Any:

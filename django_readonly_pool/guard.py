@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from .errors import ReadOnlyAliasError
 
-__all__ = ["refuse_unless_read", "statement_text", "verdict"]
+__all__ = ["refusal", "refuse_unless_read", "statement_text", "verdict"]
 
 _CACHE_LIMIT: Final = 4096
 _PARAM: Final = "\x00"  # stands for a placeholder (a NUL never reaches PostgreSQL)
@@ -395,8 +395,13 @@ def refuse_unless_read(statement: Any, params: Any, alias: str,
         text = statement_text(statement, adapters() if adapters is not None else None)
         reason = "it cannot be read as text" if text is None else verdict(text, params is not None)
     if reason is not None:
-        raise ReadOnlyAliasError(
-            f"statement refused on the read-only alias {alias!r}: {reason}. It serves reads only: "
-            f"send writes to the primary (drop .using({alias!r}) and let "
-            "django_readonly_pool.router.ReadOnlyRouter route them, or use .using('default'))."
-        )
+        raise refusal("statement", alias, reason)
+
+
+def refusal(subject: str, alias: str, reason: str) -> ReadOnlyAliasError:
+    """The error for *subject* (a statement, ``callproc(...)``) refused on *alias*."""
+    return ReadOnlyAliasError(
+        f"{subject} refused on the read-only alias {alias!r}: {reason}. It serves reads only: "
+        f"send writes to the primary (drop .using({alias!r}) and let "
+        "django_readonly_pool.router.ReadOnlyRouter route them, or use .using('default'))."
+    )

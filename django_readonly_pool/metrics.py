@@ -16,7 +16,7 @@ from typing import Any
 from .health import health_report
 from .pool import registry
 
-__all__ = ["COUNTERS", "GAUGES", "register_prometheus", "snapshot"]
+__all__ = ["COUNTERS", "GAUGES", "prometheus_text", "register_prometheus", "snapshot"]
 
 # name -> (psycopg/pool stats key, help text)
 GAUGES: dict[str, tuple[str, str]] = {
@@ -68,7 +68,7 @@ class _Collector:
     """prometheus_client collector: reads :func:`snapshot` at scrape time."""
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: PLC0415 - optional
 
         data = snapshot()
         for name, (_, text) in GAUGES.items():
@@ -112,9 +112,18 @@ def register_prometheus() -> bool:
     if _registered:
         return True
     try:
-        from prometheus_client import REGISTRY
+        from prometheus_client import REGISTRY  # noqa: PLC0415 - optional
     except ImportError:
         return False
-    REGISTRY.register(_Collector())  # type: ignore[arg-type]
+    REGISTRY.register(_Collector())
     _registered = True
     return True
+
+
+def prometheus_text() -> tuple[bytes, str] | None:
+    """(body, content type) of prometheus_client's default registry, or None without it."""
+    if not register_prometheus():
+        return None
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest  # noqa: PLC0415 - optional
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

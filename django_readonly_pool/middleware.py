@@ -53,7 +53,7 @@ class ReadOnlyPoolMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self._before(request)
-        response = await self.get_response(request)  # type: ignore[misc]
+        response = await self.get_response(request)
         return self._after(request, response)
 
     def _before(self, request: HttpRequest) -> None:

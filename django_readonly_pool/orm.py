@@ -25,10 +25,9 @@ a pool alias with ``.using()`` is refused by the backend's read-only guard.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from itertools import islice
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 from asgiref.sync import sync_to_async
 from django.db import connections
@@ -38,16 +37,15 @@ from django.db.models import query as dj_query
 from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objects
 
 from . import bridge, fastlane
-from .conf import ENGINE, app_settings
-from .errors import PrewarmFailed, ReplicaUnavailable
-from .router import _decided, current_read_alias
-
-P = ParamSpec("P")
+from .aliases import is_pool_alias, pool_aliases
+from .conf import app_settings
+from .dispatch import REPLICA_GONE, bridged, dispatch, fallback_alias, run
+from .errors import ConfigurationError
 
 __all__ = [
     "bridged",
+    "follow_settings",
     "install",
-    "installed",
     "is_pool_alias",
     "pool_aliases",
     "run",
@@ -62,160 +60,16 @@ READ_METHODS: Final = {
 }
 
 _stock: dict[tuple[object, str], Any] = {}
-_engine_of: dict[str, bool] = {}
-_test_mirrors: dict[str, str] = {}
-
-
-# --------------------------------------------------------------------------- #
-# Which aliases take the bridge
-# --------------------------------------------------------------------------- #
-
-
-def _uses_engine(alias: str) -> bool:
-    try:
-        return _engine_of[alias]
-    except KeyError:
-        settings_dict = connections.settings.get(alias)
-        result = _engine_of[alias] = bool(settings_dict and settings_dict.get("ENGINE") == ENGINE)
-        return result
-
-
-def pool_aliases() -> list[str]:
-    """Every alias whose ENGINE is ``django_readonly_pool.backend``."""
-    return [alias for alias in connections.settings if _uses_engine(alias)]
-
-
-def is_pool_alias(alias: str | None) -> bool:
-    """True when reads on *alias* take the bridge (a pool alias, not mirrored in tests)."""
-    return alias is not None and _uses_engine(alias) and alias not in _test_mirrors
-
-
-def activate_test_mirror(alias: str, mirror: str) -> None:
-    """Called when Django's test runner sets *alias* up as a mirror of *mirror*."""
-    if app_settings().tests_read_primary:
-        _test_mirrors[alias] = mirror
-
-
-def test_mirror_of(alias: str) -> str | None:
-    return _test_mirrors.get(alias)
-
-
-@contextmanager
-def test_mirrors_suspended() -> Iterator[None]:
-    """Reads on pool aliases go to their real servers meanwhile, even in tests that
-    mirror them (``TESTS_READ_PRIMARY``): see ``django_readonly_pool.testing.replica_reads``."""
-    saved = dict(_test_mirrors)
-    _test_mirrors.clear()
-    try:
-        yield
-    finally:
-        _test_mirrors.update(saved)
-
-
-def _prefetches_on_pools(lookups: Any) -> bool:
-    """Every ``Prefetch`` among *lookups* that names an alias names a pool alias."""
-    for lookup in lookups:
-        queryset = getattr(lookup, "queryset", None)
-        if queryset is not None:
-            alias = queryset._db
-            if alias is not None and not is_pool_alias(alias):
-                return False
-            if not _prefetches_on_pools(queryset._prefetch_related_lookups):
-                return False
-    return True
-
-
-def bridged(alias: str | None, lookups: Any = ()) -> bool:
-    """True when a read on *alias* with these prefetch *lookups* takes the bridge."""
-    return is_pool_alias(alias) and (not lookups or _prefetches_on_pools(lookups))
-
-
-def forget_engines(**kwargs: Any) -> None:
-    """``setting_changed`` receiver (DATABASES)."""
-    if kwargs.get("setting") in (None, "DATABASES"):
-        _engine_of.clear()
-        fastlane.clear()
-
-
-# --------------------------------------------------------------------------- #
-# Dispatch: the bridge for pool aliases, Django's path elsewhere, and the
-# primary when the replica turns out to be unavailable (FALLBACK="primary")
-# --------------------------------------------------------------------------- #
-
-T = TypeVar("T")
-# The replica cannot serve (down, cannot connect, cannot prewarm): not a query error.
-_REPLICA_GONE: Final = (ReplicaUnavailable, PrewarmFailed)
-
-
-def _fallback_alias(alias: str | None) -> str | None:
-    """Where a read that found *alias*'s replica unavailable runs again, or None."""
-    settings = app_settings()
-    if settings.fallback != "primary" or alias in (None, settings.primary):
-        return None
-    return settings.primary
-
-
-async def _dispatch(alias: str | None, lookups: Any,
-                    on_pool: Callable[[], Awaitable[T]], elsewhere: Callable[[str | None], Awaitable[T]]) -> T:
-    """Run a read on *alias*: *on_pool* in the bridge, or *elsewhere(alias)* on Django's path.
-
-    The router's answer holds for the whole call (every statement of it goes to
-    *alias*). A read that finds the replica unavailable (down, cannot connect,
-    cannot prewarm) runs again on the primary when ``FALLBACK`` is ``"primary"``:
-    no read fails because the replica is down, the first one included.
-    """
-    token = _decided.set(alias)
-    try:
-        if not bridged(alias, lookups):
-            return await elsewhere(alias)
-        try:
-            return await on_pool()
-        except _REPLICA_GONE:
-            primary = _fallback_alias(alias)
-            if primary is None:
-                raise
-            _decided.set(primary)
-            return await elsewhere(primary)
-    finally:
-        _decided.reset(token)
-
-
-async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run the synchronous *fn* (ORM reads on pool aliases) from async code.
-
-    ``await django_readonly_pool.run(fn, *args, **kwargs)`` runs *fn* on the
-    event-loop thread; every query it sends to a pool alias awaits the async
-    pool, so concurrent calls run concurrently without threads. Use it for code
-    that mixes several ORM calls::
-
-        def load(pk):
-            book = Book.objects.select_related("author").get(pk=pk)
-            return book, list(book.reviews.all()[:10])
-
-        book, reviews = await django_readonly_pool.run(load, pk)
-
-    Queries in *fn* must target pool aliases: the router's choice for reads is
-    honoured, and when it sends reads elsewhere (a read-your-writes pin, a
-    replica marked down, tests running on a test mirror) *fn* runs through
-    Django's ``sync_to_async`` instead, exactly as without this package. When
-    the replica turns out unavailable while *fn* runs (``FALLBACK="primary"``),
-    *fn* runs again, on the primary: it should only read.
-    """
-    return await _dispatch(
-        current_read_alias(), (),
-        lambda: bridge.call_in_bridge(fn, args, kwargs),
-        lambda alias: sync_to_async(fn)(*args, **kwargs),
-    )
 
 
 def _on(qs: Any, alias: str | None) -> Any:
     return qs if alias is None or alias == qs.db else qs.using(alias)
 
 
-def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+def _read_method(sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(stock)
     async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
-        return await _dispatch(
+        return await dispatch(
             self.db, self._prefetch_related_lookups,  # type: ignore[attr-defined]
             lambda: bridge.call_in_bridge(getattr(self, sync_name), args, kwargs),
             lambda alias: stock(_on(self, alias), *args, **kwargs),
@@ -224,21 +78,30 @@ def _read_method(name: str, sync_name: str, stock: Callable[..., Any]) -> Callab
     return method
 
 
-def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+def _fast_aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """``aget()`` with the fast lane (FAST_LANE true): see django_readonly_pool.fastlane."""
     @functools.wraps(stock)
     async def aget(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
         alias = self.db
 
         def on_pool() -> Awaitable[Any]:
-            fast = fastlane.fast_get(self, alias, args, kwargs) if app_settings().fast_lane else None
+            fast = fastlane.fast_get(self, alias, args, kwargs)
             if fast is not None:
                 return bridge.call_in_bridge(fast, (), {})
             return bridge.call_in_bridge(self.get, args, kwargs)
 
-        return await _dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
-                               on_pool, lambda target: stock(_on(self, target), *args, **kwargs))
+        return await dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
+                              on_pool, lambda target: stock(_on(self, target), *args, **kwargs))
 
     return aget
+
+
+def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+    try:
+        fast = app_settings().fast_lane
+    except ConfigurationError:
+        fast = True  # the system check reports the bad setting
+    return _fast_aget(stock) if fast else _read_method("get", stock)
 
 
 async def _fetch_all(qs: Any) -> None:
@@ -249,8 +112,8 @@ async def _fetch_all(qs: Any) -> None:
         if source is not qs:  # fell back: the primary's rows are the answer
             qs._result_cache, qs._prefetch_done = source._result_cache, source._prefetch_done
 
-    await _dispatch(qs.db, getattr(qs, "_prefetch_related_lookups", ()),
-                    lambda: bridge.call_in_bridge(qs._fetch_all, (), {}), elsewhere)
+    await dispatch(qs.db, getattr(qs, "_prefetch_related_lookups", ()),
+                   lambda: bridge.call_in_bridge(qs._fetch_all, (), {}), elsewhere)
 
 
 def _make_aiter(owner: type) -> Callable[[Any], AsyncIterator[Any]]:
@@ -290,8 +153,8 @@ async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterat
             first = await anext(stream)
         except StopAsyncIteration:
             return
-        except _REPLICA_GONE:
-            primary = _fallback_alias(alias)
+        except REPLICA_GONE:
+            primary = fallback_alias(alias)
             if primary is None:
                 raise
             await stream.aclose()
@@ -308,25 +171,25 @@ async def _aiterator(self: QuerySet[Any], chunk_size: int = 2000) -> AsyncIterat
 
 
 async def _stream(qs: QuerySet[Any], alias: str | None, lookups: Any, chunk_size: int) -> AsyncGenerator[Any]:
-    run: Callable[..., Any]
+    step: Callable[..., Any]
     if bridged(alias, lookups):
         # Streaming works through PgBouncer, so DISABLE_SERVER_SIDE_CURSORS (a
         # workaround for WITH HOLD cursors) does not turn it off here.
         chunked = True
-        run = bridge.call_in_bridge
+        step = bridge.call_in_bridge
     else:
         # Django's own aiterator() starts some iterables (values_list) on the
         # event loop, where they fail: every step runs in the request's thread.
         chunked = not connections[alias or "default"].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
-        run = _in_thread
-    iterable = qs._iterable_class(qs, chunked_fetch=chunked, chunk_size=chunk_size)  # type: ignore[attr-defined]
+        step = _in_thread
+    iterable = qs._iterable_class(qs, chunked_fetch=chunked, chunk_size=chunk_size)
     # Some iterables (values_list) run their query in __iter__: start it where it reads.
-    rows = await run(iter, (iterable,), {})
+    rows = await step(iter, (iterable,), {})
     try:
         while True:
-            chunk = await run(_take, (rows, chunk_size), {})
+            chunk = await step(_take, (rows, chunk_size), {})
             if lookups and chunk:
-                await run(prefetch_related_objects, (chunk, *lookups), {})
+                await step(prefetch_related_objects, (chunk, *lookups), {})
             for item in chunk:
                 yield item
             if len(chunk) < chunk_size:
@@ -334,7 +197,7 @@ async def _stream(qs: QuerySet[Any], alias: str | None, lookups: Any, chunk_size
     finally:
         # Ends the stream (and returns its connection) when the iteration
         # ends, fails, or is abandoned.
-        await run(getattr(rows, "close", _noop), (), {})
+        await step(getattr(rows, "close", _noop), (), {})
 
 
 def _noop() -> None:
@@ -345,7 +208,7 @@ async def _aprefetch_related_objects(model_instances: Any, *related_lookups: Any
     instances = list(model_instances)
     alias = dj_router.db_for_read(type(instances[0]), instance=instances[0]) if instances else None
     stock = _stock[(dj_query, "aprefetch_related_objects")]
-    return await _dispatch(
+    return await dispatch(
         alias, related_lookups,
         lambda: bridge.call_in_bridge(prefetch_related_objects, (instances, *related_lookups), {}),
         lambda target: stock(instances, *related_lookups),
@@ -363,7 +226,7 @@ async def _arefresh_from_db(self: dj_models.Model, using: str | None = None, fie
         queryset = _on(from_queryset, target) if from_queryset is not None else None
         return stock(self, using=fallback, fields=fields, from_queryset=queryset)
 
-    await _dispatch(
+    await dispatch(
         alias, (),
         lambda: bridge.call_in_bridge(
             self.refresh_from_db, (), {"using": using, "fields": fields, "from_queryset": from_queryset}),
@@ -381,17 +244,13 @@ def _patch(owner: object, name: str, value: Any) -> None:
     setattr(owner, name, value)
 
 
-def installed() -> bool:
-    return bool(_stock)
-
-
 def install() -> None:
     """Replace Django's async ORM reads by bridge-aware ones (idempotent)."""
     if _stock:
         return
     for name, sync_name in READ_METHODS.items():
         if hasattr(QuerySet, name):
-            _patch(QuerySet, name, _read_method(name, sync_name, getattr(QuerySet, name)))
+            _patch(QuerySet, name, _read_method(sync_name, getattr(QuerySet, name)))
     _patch(QuerySet, "aget", _aget(_stock[(QuerySet, "aget")]))
     _patch(QuerySet, "__aiter__", _make_aiter(QuerySet))
     _patch(RawQuerySet, "__aiter__", _make_aiter(RawQuerySet))
@@ -406,3 +265,9 @@ def uninstall() -> None:
     for (owner, name), value in _stock.items():
         setattr(owner, name, value)
     _stock.clear()
+
+
+def follow_settings(**kwargs: Any) -> None:
+    """``setting_changed`` receiver: ``FAST_LANE`` chooses the ``aget()`` installed."""
+    if kwargs.get("setting") == "READONLY_POOL" and (QuerySet, "aget") in _stock:
+        QuerySet.aget = _aget(_stock[(QuerySet, "aget")])  # type: ignore[method-assign]

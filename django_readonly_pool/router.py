@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from django.db import connections
 
+from .aliases import read_aliases, test_mirrors
 from .conf import app_settings
 from .health import replica_usable
 
@@ -186,29 +187,13 @@ class use_primary:  # noqa: N801 - reads like a function
 # --------------------------------------------------------------------------- #
 
 
-def _readonly_aliases() -> tuple[str, ...]:
-    configured = app_settings().readonly_aliases
-    if configured is not None:
-        return configured
-    from .orm import pool_aliases
-
-    return tuple(pool_aliases())
-
-
-def _in_atomic(alias: str) -> bool:
-    # Look at the wrapper of this thread/context without creating one.
-    local: Any = getattr(connections, "_connections", None)
-    wrapper = getattr(local, alias, None)
-    return bool(wrapper is not None and wrapper.in_atomic_block)
-
-
 def current_read_alias() -> str | None:
     """Where a read issued here and now goes (None: no read-only alias exists)."""
     settings = app_settings()
-    primary = settings.primary
-    aliases = settings.readonly_aliases or _readonly_aliases()
+    aliases = read_aliases(settings)
     if not aliases:
         return None
+    primary = settings.primary
     if _forced.get():
         return primary
     decided = _decided.get()
@@ -217,12 +202,12 @@ def current_read_alias() -> str | None:
     scope = _scope.get()
     if scope is not None and scope.reads_primary():
         return primary
-    if _in_atomic(primary):
+    # In transaction.atomic() on the primary: the wrapper of this thread/context, not created here.
+    wrapper = getattr(getattr(connections, "_connections", None), primary, None)
+    if wrapper is not None and wrapper.in_atomic_block:
         return primary
     alias = aliases[0] if len(aliases) == 1 else aliases[next(_round_robin) % len(aliases)]
-    from .orm import test_mirror_of
-
-    mirror = test_mirror_of(alias)
+    mirror = test_mirrors.get(alias)
     if mirror is not None:
         return mirror
     # With FALLBACK="fail" an unusable replica keeps its reads: they fail fast
@@ -236,7 +221,8 @@ class ReadOnlyRouter:
     """Reads to the read-only alias, writes and migrations to the primary."""
 
     def _managed(self) -> tuple[str, ...]:
-        return (app_settings().primary, *_readonly_aliases())
+        settings = app_settings()
+        return (settings.primary, *read_aliases(settings))
 
     def db_for_read(self, model: type[Any], **hints: Any) -> str | None:
         alias = current_read_alias()
@@ -246,7 +232,7 @@ class ReadOnlyRouter:
             if db is not None and db != alias:
                 if db not in self._managed():
                     return None  # an object of an alias we do not manage
-                readonly = _readonly_aliases()
+                readonly = read_aliases()
                 if alias in readonly and db in readonly:
                     return db  # keep an object graph on one replica
         return alias
@@ -266,6 +252,6 @@ class ReadOnlyRouter:
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool | None:
-        if db in _readonly_aliases():
+        if db in read_aliases():
             return False  # a replica gets its schema from the primary
         return None

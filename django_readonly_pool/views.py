@@ -30,12 +30,14 @@ import time
 import weakref
 from typing import Any
 
+from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .conf import ConnectionTarget, app_settings, mask
+from .aliases import pool_aliases
+from .backend.base import pool_connection
+from .conf import ConnectionTarget, app_settings, scrub
 from .health import DOWN, PROMOTED, health_report
-from .metrics import register_prometheus, snapshot
-from .orm import pool_aliases
+from .metrics import prometheus_text, snapshot
 from .pool import registry
 
 __all__ = ["health", "metrics"]
@@ -47,13 +49,7 @@ _open_failures: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, t
     weakref.WeakKeyDictionary())
 
 
-def _scrubbed(text: str, target: ConnectionTarget) -> str:
-    return text.replace(target.password, mask(target.password)) if target.password else text
-
-
 async def _check_alias(alias: str) -> dict[str, Any]:
-    from .backend.base import pool_connection
-
     started = time.monotonic()
     wrapper = pool_connection(alias)
     settings = wrapper.readonly_pool_settings
@@ -82,7 +78,7 @@ async def _check_alias(alias: str) -> dict[str, Any]:
 def _error_text(exc: BaseException, target: ConnectionTarget) -> str:
     if isinstance(exc, TimeoutError):
         return f"TimeoutError: no answer within {_CHECK_TIMEOUT:g} s"
-    return _scrubbed(f"{type(exc).__name__}: {exc}".strip(), target)[:500]
+    return scrub(f"{type(exc).__name__}: {exc}".strip(), (target.password,))[:500]
 
 
 async def _may_see_details(request: HttpRequest) -> bool:
@@ -98,8 +94,6 @@ async def _may_see_details(request: HttpRequest) -> bool:
 
 async def health(request: HttpRequest) -> JsonResponse:
     """Pool and replica health; HTTP 503 when any alias is unhealthy (details: see above)."""
-    from django.db import connections
-
     aliases = pool_aliases()
     checks = await asyncio.gather(*(_check_alias(alias) for alias in aliases))
     stats = snapshot()
@@ -139,9 +133,8 @@ async def health(request: HttpRequest) -> JsonResponse:
 
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format when prometheus_client is installed, else JSON."""
-    if register_prometheus():
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-
-        return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    text = prometheus_text()
+    if text is not None:
+        return HttpResponse(text[0], content_type=text[1])
     return JsonResponse({"metrics": snapshot(),
                          "note": "install prometheus_client for the Prometheus text format"})

@@ -90,8 +90,7 @@ def add_pool_alias(alias: str, environ: dict[str, str]) -> None:
 
 
 def remove_pool_alias(alias: str) -> None:
-    from django_readonly_pool import orm
-    from django_readonly_pool.backend import base
+    from django_readonly_pool import aliases
 
     wrapper = connections[alias]
     wrapper.close()
@@ -100,9 +99,7 @@ def remove_pool_alias(alias: str) -> None:
     del connections[alias]
     connections.settings.pop(alias, None)
     settings.DATABASES.pop(alias, None)
-    orm.forget_engines()
-    for key in [k for k in base._pool_settings if k[0] == alias]:
-        del base._pool_settings[key]
+    aliases.forget()
 
 
 @pytest.fixture

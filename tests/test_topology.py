@@ -16,6 +16,7 @@ import pytest
 
 from django_readonly_pool.testing.topology import (
     PGBOUNCER_FAIL_FAST,
+    AttachedTopology,
     Topology,
     TopologyError,
     find_pg_bindir,
@@ -231,3 +232,19 @@ def test_the_command_line_starts_and_stops_servers_for_development(tmp_path: Pat
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     assert not base.exists() and _processes_under(str(base)) == []
     assert cli("status").returncode == 1 and cli("env").returncode == 1
+
+
+def test_an_attached_topology_describes_the_owners_servers(topology: Topology) -> None:
+    """What another process (a pytest run of the sample project) sees through the state file."""
+    assert topology.base is not None
+    attached = AttachedTopology(topology.base / "state.json")
+    assert attached.state() == topology.state()
+    assert attached.environ() == topology.environ()
+    through = attached.environ(through_pgbouncer=True)
+    assert topology.bouncer is not None and attached.bouncer is not None
+    assert through["FIDES__DATABASE__READONLY_PORT"] == str(topology.bouncer.port)
+    assert through == topology.environ(through_pgbouncer=True)
+    # it reaches the owner's servers, and leaves them running
+    assert attached.replica is not None and attached.replica.sql("SELECT pg_is_in_recovery()")[0][0] is True
+    attached.stop()
+    assert topology.primary is not None and topology.primary.is_running()

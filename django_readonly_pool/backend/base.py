@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from django.apps import apps
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
 from django.db.backends.postgresql.creation import DatabaseCreation as PostgresCreation
@@ -34,6 +35,7 @@ from django.db.backends.postgresql.operations import DatabaseOperations as Postg
 from django.utils.functional import cached_property
 from psycopg import AsyncClientCursor, AsyncCursor, sql
 
+from django_readonly_pool.aliases import activate_test_mirror, pool_settings
 from django_readonly_pool.bridge import await_only, in_bridge
 from django_readonly_pool.conf import OPTIONS_KEY, SECRET_KEYS, ConnectionTarget, PoolSettings, app_settings
 from django_readonly_pool.errors import ReadOnlyAliasError
@@ -51,8 +53,6 @@ __all__ = ["DatabaseWrapper", "pool_connection"]
 
 # Server versions learnt by the pools, by alias (read by pg_version).
 _server_versions: dict[str, int] = {}
-# Parsed PoolSettings, by alias (the settings dict is fixed for a process).
-_pool_settings: dict[tuple[str, int], PoolSettings] = {}
 
 
 def _on_event_loop() -> bool:
@@ -66,8 +66,6 @@ def _on_event_loop() -> bool:
 class DatabaseCreation(PostgresCreation):
     def set_as_test_mirror(self, primary_settings_dict: dict[str, Any]) -> None:
         super().set_as_test_mirror(primary_settings_dict)
-        from django_readonly_pool.orm import activate_test_mirror
-
         mirrored = self.connection.settings_dict["TEST"]["MIRROR"]
         activate_test_mirror(self.connection.alias, mirrored)
         _release_before_destroy(mirrored, self.connection.alias)
@@ -77,8 +75,6 @@ def _release_before_destroy(mirrored: str, alias: str) -> None:
     """Before the test runner drops the test database that *alias* mirrors, let go of it:
     the health monitor's probe connection and the sync pool would keep it "being accessed
     by other users" (DROP DATABASE fails)."""
-    from django.db import connections
-
     creation = connections[mirrored].creation
     destroy = creation.destroy_test_db
     releases: set[str] = getattr(destroy, "readonly_pool_releases", None) or set()
@@ -120,7 +116,7 @@ class _AdaptContext:
         self.adapters = adapters
 
 
-class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
+class DatabaseWrapper(postgresql.DatabaseWrapper):
     display_name = "PostgreSQL (read-only pool)"
     creation_class = DatabaseCreation
     ops_class = DatabaseOperations
@@ -130,14 +126,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     @cached_property
     def readonly_pool_settings(self) -> PoolSettings:
         """The parsed ``OPTIONS["readonly_pool"]`` (explicit values, then environment)."""
-        key = (self.alias, id(self.settings_dict))
-        parsed = _pool_settings.get(key)
-        if parsed is None:
-            parsed = PoolSettings.from_options(
-                self.settings_dict["OPTIONS"].get(OPTIONS_KEY), alias=self.alias
-            )
-            _pool_settings[key] = parsed
-        return parsed
+        return pool_settings(self.alias, self.settings_dict)
 
     @property
     def target(self) -> ConnectionTarget:
@@ -195,8 +184,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
     def _primary_sync_pool(self) -> SyncReadPool:
         """A small pool on the primary for this alias's sync reads while the replica is
         unavailable (``FALLBACK="primary"``); its connections are read-only on the server."""
-        from django.db import connections
-
         s = self.readonly_pool_settings
         kwargs = connections[app_settings().primary].get_connection_params()
         kwargs["autocommit"] = True
@@ -254,12 +241,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
 
     def cursor(self) -> Any:
         if in_bridge():
-            return self._prepare_cursor(BridgeCursor(self.alias))  # type: ignore[attr-defined]
+            # Django's _prepare_cursor() without its thread check: a bridge cursor opens no
+            # sync connection, and the bridge runs on the thread that got this wrapper.
+            cursor = BridgeCursor(self.alias)
+            if self.queries_logged:
+                return ReadOnlyCursorDebugWrapper(cursor, self)
+            return ReadOnlyCursorWrapper(cursor, self)
         return super().cursor()
 
     def chunked_cursor(self) -> Any:
         if in_bridge():
-            return self._prepare_cursor(StreamingBridgeCursor(self.alias))  # type: ignore[attr-defined]
+            cursor = StreamingBridgeCursor(self.alias)
+            if self.queries_logged:
+                return ReadOnlyCursorDebugWrapper(cursor, self)
+            return ReadOnlyCursorWrapper(cursor, self)
         return super().chunked_cursor()
 
     def make_cursor(self, cursor: Any) -> ReadOnlyCursorWrapper:
@@ -292,13 +287,11 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):  # type: ignore[misc]
                 "snapshot, run sync code (sync_to_async) with atomic(using="
                 f"{self.alias!r})."
             )
-        return super().get_autocommit()  # type: ignore[no-any-return]
+        return super().get_autocommit()
 
 
 def pool_connection(alias: str) -> DatabaseWrapper:
     """``connections[alias]``, typed as this backend's wrapper."""
-    from django.db import connections
-
     wrapper = connections[alias]
     if not isinstance(wrapper, DatabaseWrapper):
         raise TypeError(f"DATABASES[{alias!r}] does not use ENGINE 'django_readonly_pool.backend'")

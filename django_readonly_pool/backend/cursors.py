@@ -25,12 +25,12 @@ from typing import Any, Final
 
 from django.db.backends.postgresql.base import CursorDebugWrapper
 from django.db.backends.utils import CursorWrapper
-from psycopg import AsyncConnection
 
 from django_readonly_pool.bridge import await_only, in_bridge
-from django_readonly_pool.errors import PrewarmFailed, ReadOnlyAliasError
-from django_readonly_pool.guard import refuse_unless_read
+from django_readonly_pool.errors import PrewarmFailed
+from django_readonly_pool.guard import refusal, refuse_unless_read
 from django_readonly_pool.pool import ReadPool, registry
+from django_readonly_pool.pool.connections import PoolConnection
 
 logger = logging.getLogger("django_readonly_pool")
 
@@ -65,10 +65,7 @@ class _GuardMixin:
         return self.cursor.copy(statement, params, **kwargs)
 
     def callproc(self, procname: str, params: Any = None, kparams: Any = None) -> Any:
-        raise ReadOnlyAliasError(
-            f"callproc({procname!r}) refused on the read-only alias {self.db.alias!r}: a procedure "
-            "may write. Call it on the primary (.using('default'))."
-        )
+        raise refusal(f"callproc({procname!r})", self.db.alias, "a procedure may write")
 
 
 class ReadOnlyCursorWrapper(_GuardMixin, CursorWrapper):
@@ -84,15 +81,13 @@ class ReadOnlyCursorDebugWrapper(_GuardMixin, CursorDebugWrapper):
 # --------------------------------------------------------------------------- #
 
 
-def _pool_for(alias: str) -> ReadPool:
-    pool = registry.ready(alias)
-    if pool is None:
-        try:
-            pool = await_only(registry.get(alias))
-        except PrewarmFailed as exc:  # opened on first use: nobody else reports it
-            logger.error("%s", exc)
-            raise
-    return pool
+def _open_pool(alias: str) -> ReadPool:
+    """The pool of *alias*, opened on first use (prewarmed as configured)."""
+    try:
+        return await_only(registry.get(alias))
+    except PrewarmFailed as exc:  # opened on first use: nobody else reports it
+        logger.error("%s", exc)
+        raise
 
 
 _PENDING: Any = object()  # description not built yet
@@ -107,9 +102,6 @@ class BridgeCursor:
         self.alias = alias
         self._description: Any = None
         self._source: Any = None  # the psycopg cursor of the last statement
-        self.rowcount = -1
-        self.statusmessage: str | None = None
-        self._query: Any = None
         self._rows: list[Any] = []
         self._pos = 0
         self.closed = False
@@ -136,14 +128,29 @@ class BridgeCursor:
     def description(self, value: Sequence[Any] | None) -> None:
         self._description = value
 
+    # What the last statement's psycopg cursor says, read when asked for (most
+    # ORM reads never ask).
+
+    @property
+    def rowcount(self) -> int:
+        source = self._source
+        return -1 if source is None else int(source.rowcount)
+
+    @property
+    def statusmessage(self) -> str | None:
+        source = self._source
+        return None if source is None else source.statusmessage
+
+    @property
+    def _query(self) -> Any:
+        source = self._source
+        return None if source is None else source._query
+
     def execute(self, query: Any, params: Any = None) -> BridgeCursor:
-        pool = _pool_for(self.alias)
+        pool = registry.ready(self.alias) or _open_pool(self.alias)
         cur, rows = await_only(pool.execute(query, params))
         self._source = cur
         self._description = _PENDING if rows is not None else None
-        self.rowcount = cur.rowcount
-        self._query = cur._query
-        self.statusmessage = cur.statusmessage
         self._rows = rows if rows is not None else []
         self._pos = 0
         return self
@@ -191,7 +198,7 @@ async def _take(stream: AsyncIterator[Any], n: int) -> list[Any]:
     return rows
 
 
-async def _release(pool: ReadPool, conn: AsyncConnection[Any], stream: Any) -> None:
+async def _release(pool: ReadPool, conn: PoolConnection, stream: Any) -> None:
     try:
         if stream is not None:
             await stream.aclose()  # psycopg cancels an unfinished query
@@ -200,7 +207,7 @@ async def _release(pool: ReadPool, conn: AsyncConnection[Any], stream: Any) -> N
 
 
 def _release_later(loop: asyncio.AbstractEventLoop, pool: ReadPool,
-                   conn: AsyncConnection[Any], stream: Any) -> None:
+                   conn: PoolConnection, stream: Any) -> None:
     """Return a streaming cursor's connection from outside the bridge (GC)."""
     if loop.is_closed():
         return
@@ -219,13 +226,13 @@ class StreamingBridgeCursor(BridgeCursor):
 
     def __init__(self, alias: str) -> None:
         super().__init__(alias)
-        self._held: tuple[asyncio.AbstractEventLoop, ReadPool, AsyncConnection[Any], Any] | None = None
+        self._held: tuple[asyncio.AbstractEventLoop, ReadPool, PoolConnection, Any] | None = None
         self._done = True
         self._finalizer: Any = None  # weakref.finalize
 
     def execute(self, query: Any, params: Any = None) -> StreamingBridgeCursor:
         self.close()
-        pool = _pool_for(self.alias)
+        pool = registry.ready(self.alias) or _open_pool(self.alias)
         conn = await_only(pool.getconn())
         stream = None
         try:
@@ -235,8 +242,7 @@ class StreamingBridgeCursor(BridgeCursor):
             # one by one as they are asked for, never further than Django asks.
             first = await_only(_take(stream, 1))
             self.description = cur.description
-            self.statusmessage = cur.statusmessage
-            self._query = cur._query
+            self._source = cur
         except BaseException:
             await_only(_release(pool, conn, stream))
             raise
@@ -249,8 +255,11 @@ class StreamingBridgeCursor(BridgeCursor):
             self._held = (loop, pool, conn, stream)
             # Safety net: an abandoned cursor still returns its connection.
             self._finalizer = weakref.finalize(self, _release_later, loop, pool, conn, stream)
-        self.rowcount = -1
         return self
+
+    @property
+    def rowcount(self) -> int:
+        return -1  # a stream's row count is known at its end only
 
     def _fill(self, wanted: int) -> None:
         """Buffer *wanted* rows (fewer at the end of the result), reading no more."""

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .topology import Topology
+
 STATE = "state.json"
 
 
@@ -121,8 +123,6 @@ def down(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """The background owner of the servers: starts them, then waits for SIGTERM."""
-    from .topology import Topology
-
     directory = _dir(args)
     topology = Topology(pgbouncer=not args.no_pgbouncer)
     stopping = False

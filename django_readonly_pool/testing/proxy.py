@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -152,9 +154,6 @@ class ProcessTcpProxy:
         self._process: Any = None
 
     def start(self) -> ProcessTcpProxy:
-        import subprocess
-        import sys
-
         self._process = subprocess.Popen(
             [sys.executable, "-m", "django_readonly_pool.testing.proxy", str(self.target_port), str(self.delay)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -189,8 +188,6 @@ class ProcessTcpProxy:
 
 
 def _main(argv: list[str]) -> None:
-    import sys
-
     proxy = TcpProxy(int(argv[1]), delay=float(argv[2])).start()
     print(proxy.port, flush=True)
     for line in sys.stdin:
@@ -204,6 +201,4 @@ def _main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - the child of ProcessTcpProxy
-    import sys
-
     _main(sys.argv)

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from .replica import replica_reads
 from .topology import STATE_ENV, AttachedTopology, Topology
 
 _topology_key = pytest.StashKey[Topology]()
@@ -74,8 +75,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def readonly_pool_replica(request: pytest.FixtureRequest) -> Generator[Any, None, None]:
     """Reads go to the real replica in this test; ``.wait_for_replay()`` waits for its writes."""
-    from .replica import replica_reads
-
     request.getfixturevalue("transactional_db")
     with replica_reads() as replica:
         yield replica

@@ -37,8 +37,8 @@ from django.conf import settings
 from django.db import connections
 from django.test import override_settings
 
+from django_readonly_pool.aliases import pool_aliases, test_mirrors_suspended
 from django_readonly_pool.conf import app_settings
-from django_readonly_pool.orm import pool_aliases, test_mirrors_suspended
 from django_readonly_pool.router import unpin
 
 __all__ = ["ReplicaReads", "replica_reads"]

@@ -28,7 +28,7 @@ def _refuse(*args: Any, **kwargs: Any) -> NoReturn:
     raise error
 
 
-class DatabaseWrapper(dummy.DatabaseWrapper):  # type: ignore[misc]
+class DatabaseWrapper(dummy.DatabaseWrapper):
     display_name = "misconfigured (see the FIDES__DATABASE__* problems)"
     _cursor = _refuse
     ensure_connection = _refuse

@@ -16,9 +16,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from django_readonly_pool.aliases import pool_aliases
 from django_readonly_pool.conf import deferred_error
 from django_readonly_pool.diagnose import SCHEMA, diagnose, overall
-from django_readonly_pool.orm import pool_aliases
 
 
 class Command(BaseCommand):

@@ -1,0 +1,415 @@
+"""The read pool: psycopg's ``AsyncConnectionPool`` with the guide's semantics.
+
+:class:`ReadPool` holds one psycopg pool (composition: none of its names lands
+in psycopg's namespace) and drives it through psycopg's public API, plus the
+few internals :mod:`._psycopg` documents:
+
+* **PREWARM** (:mod:`.prewarm`): all ``POOL_SIZE`` connections opened in
+  parallel and verified within ``PREWARM_TIMEOUT``, or
+  :class:`~django_readonly_pool.errors.PrewarmFailed` naming the server and the cause.
+* **POOL_SKIP_ROLLBACK** true: nothing is sent on return (the guard refuses the
+  statements that would leave session state). False: one round trip clears the
+  session completely and configures it again, on return, so the connection is
+  back at once. An open transaction (``AUTOCOMMIT`` false) is always rolled back.
+* **PRE_PING**: psycopg's ``check`` callback, skipped for connections used less
+  than ``PRE_PING_INTERVAL`` ago, bounded by ``CHECK_TIMEOUT``; the first dead
+  connection found flushes the idle ones (psycopg's ``check()``) in the
+  background. A read whose unpinged connection turns out dead is retried once.
+* **MAX_OVERFLOW** connections close once idle for ``OVERFLOW_IDLE_TIMEOUT``.
+* Checkout and return take a lock-free fast path when a connection is ready and
+  nobody waits, last in, first out.
+
+:mod:`.registry` keeps one pool per event loop and alias.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from time import monotonic
+from typing import Any, Final
+
+import psycopg
+from psycopg.pq import ConnStatus, ExecStatus, TransactionStatus
+from psycopg_pool import PoolClosed, PoolTimeout
+
+from django_readonly_pool.conf import ConnectionTarget, PoolSettings
+from django_readonly_pool.errors import PoolExhausted, ReplicaUnavailable
+from django_readonly_pool.events import breaker_open, notify_connection_failed, unusable
+from django_readonly_pool.interrupt import interrupt_after, shutdown_socket
+
+from . import _psycopg, messages
+from .connections import Configure, ConnectLog, PoolConnection, connection_class, reset_session
+from .policy import due_for_ping
+from .prewarm import prewarm
+from .session import SessionSetup
+
+__all__ = ["COUNTERS", "ReadPool"]
+
+logger = logging.getLogger("django_readonly_pool")
+
+_IDLE: Final = TransactionStatus.IDLE
+_OPEN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+_BAD: Final = ConnStatus.BAD
+_TUPLES_OK: Final = ExecStatus.TUPLES_OK
+_MAX_WORKERS: Final = 64
+# A statement failed this way on a connection that died while idle (a server
+# restart): no answer at all, or the server ending the session. Anything else
+# (PgBouncer's query_wait_timeout ...) is the server's answer: not retried.
+_LOST_WHILE_IDLE: Final = frozenset({None, "57P01", "57P02", "57P03"})
+COUNTERS: Final = ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
+                   "query_timeouts", "checkout_timeouts", "overflow_closed", "statements")
+
+
+class ReadPool:
+    """The async read pool of one alias on one event loop."""
+
+    def __init__(
+        self,
+        alias: str,
+        settings: PoolSettings,
+        target: ConnectionTarget,
+        connect_kwargs: dict[str, Any],
+        session: SessionSetup,
+        *,
+        on_server_version: Callable[[int], None] | None = None,
+        postgres_types: bool = False,
+    ) -> None:
+        self.alias = alias
+        self.settings = settings
+        self.target = target
+        self.session = session
+        self.prewarmed = False
+        self.prewarm_seconds: float | None = None
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._pre_ping = settings.pre_ping
+        self._ping_interval = settings.pre_ping_interval
+        self._check_timeout = settings.check_timeout
+        self._query_timeout = settings.query_timeout
+        self._reset_sessions = not settings.pool_skip_rollback
+        self._lent: set[PoolConnection] = set()  # held by clients right now
+        self.connects = ConnectLog(alias, target, session.scrub)  # its connections, its last failure
+        self._flushing: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._configure = Configure(session, reset_sessions=self._reset_sessions, postgres_types=postgres_types,
+                                    on_failure=self.connects.connect_failed, on_server_version=on_server_version)
+        self._pool = _psycopg.AsyncInternals(
+            kwargs=connect_kwargs,
+            connection_class=connection_class(self.connects),
+            min_size=settings.pool_size,
+            max_size=settings.max_size,
+            open=False,
+            configure=self._configure,
+            check=self._check if settings.pre_ping else None,
+            reset=None,  # POOL_SKIP_ROLLBACK false: putconn() resets inline (see there)
+            name=f"readonly-pool[{alias}]",
+            timeout=settings.checkout_timeout,
+            max_lifetime=settings.max_lifetime,
+            max_idle=86_400.0,  # psycopg's shrinking (one per max_idle) gives way to the overflow reaper
+            reconnect_timeout=86_400.0,
+            num_workers=max(3, min(settings.pool_size, _MAX_WORKERS)),  # prewarm connects in parallel
+            failed_check=self._flush,
+            check_timeout=settings.check_timeout,
+            close_surplus=settings.overflow_idle_timeout == 0 and settings.max_overflow > 0,
+            surplus_closed=self._count_overflow_closed,
+        )
+
+    # -- what it is ------------------------------------------------------------ #
+
+    @property
+    def name(self) -> str:
+        return str(self._pool.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._pool.closed
+
+    @property
+    def timeout(self) -> float:
+        return self._pool.timeout
+
+    @property
+    def min_size(self) -> int:
+        return self._pool.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._pool.max_size
+
+    @property
+    def server_version(self) -> int | None:
+        return self._configure.server_version
+
+    @property
+    def in_use(self) -> int:
+        """Connections held by clients right now."""
+        return len(self._lent)
+
+    def __repr__(self) -> str:
+        stats = self._pool.get_stats()
+        return (f"<ReadPool {self.alias!r} {self.target.describe()} size={stats.get('pool_size', 0)}"
+                f" available={stats.get('pool_available', 0)} closed={self.closed}>")
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Wait until ``POOL_SIZE`` connections are ready (psycopg's ``wait()``: past
+        *timeout* it closes the pool and raises ``PoolTimeout``)."""
+        await self._pool.wait(timeout)
+
+    def get_stats(self) -> dict[str, int]:
+        stats = self._pool.get_stats()
+        stats.update(self.counters)
+        stats["in_use"] = len(self._lent)
+        return stats
+
+    def pop_stats(self) -> dict[str, int]:
+        """Like psycopg's: the counters start again from 0."""
+        stats = self._pool.pop_stats()
+        stats.update(self.counters)
+        stats["in_use"] = len(self._lent)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        return stats
+
+    # -- checks ------------------------------------------------------------------ #
+
+    async def _check(self, conn: PoolConnection) -> None:
+        """psycopg's ``check`` callback (its slow path): the PRE_PING window, then a ping."""
+        if not due_for_ping(conn, self._ping_interval):
+            self.counters["checks_skipped"] += 1
+            conn._rop_pinged = False
+            return
+        await self._ping(conn)
+        conn._rop_pinged = True
+
+    async def _ping(self, conn: PoolConnection) -> None:
+        self.counters["checks"] += 1
+        try:
+            await self._pool.check_connection(conn)
+        except Exception:
+            self.counters["checks_failed"] += 1
+            raise
+
+    def _flush(self) -> None:
+        """A dead connection was found: check every idle one in the background (once at a time)."""
+        if self._flushing is None or self._flushing.done():
+            self.counters["flushes"] += 1
+            logger.info("readonly pool %r: dead connection found, checking idle ones", self.alias)
+            self._flushing = asyncio.get_running_loop().create_task(self._pool.check())
+
+    async def check(self) -> None:
+        """Check every idle connection now (psycopg's ``check()``, each bounded by CHECK_TIMEOUT)."""
+        await self._pool.check()
+
+    def _count_overflow_closed(self, count: int = 1) -> None:
+        self.counters["overflow_closed"] += count
+
+    # -- checkout and return ------------------------------------------------------- #
+
+    async def getconn(self, timeout: float | None = None) -> PoolConnection:
+        if unusable and breaker_open(self.alias):
+            raise self._breaker_error()
+        conn: PoolConnection | None = _psycopg.take_idle(self._pool)
+        if conn is not None:
+            if not self._pre_ping:
+                self._lent.add(conn)
+                return conn
+            if not due_for_ping(conn, self._ping_interval):
+                self.counters["checks_skipped"] += 1
+                conn._rop_pinged = False
+                self._lent.add(conn)
+                return conn
+            try:
+                await self._ping(conn)
+            except Exception:  # noqa: BLE001 - a dead connection: discard it, flush, take the slow path
+                await self._pool.putconn(conn)
+                self._flush()
+            except BaseException:
+                await self._pool.putconn(conn)
+                raise
+            else:
+                conn._rop_pinged = True
+                self._lent.add(conn)
+                return conn
+        try:
+            taken: PoolConnection = await self._pool.getconn(timeout)
+        except PoolTimeout:
+            raise self._timeout_error(timeout) from None
+        self._lent.add(taken)
+        return taken
+
+    async def putconn(self, conn: PoolConnection) -> None:
+        self._lent.discard(conn)
+        status = conn.pgconn.transaction_status
+        if status in _OPEN_TRANSACTION:
+            # AUTOCOMMIT false: end the read transaction here, quietly (psycopg
+            # would log a warning for each one).
+            with contextlib.suppress(Exception):  # the pool discards it below
+                await conn.rollback()
+            status = conn.pgconn.transaction_status
+        now = monotonic()
+        conn._rop_used_at = now  # policy.mark_used(), inline: every read returns a connection
+        if status == _IDLE:
+            if self._reset_sessions and not self._pool.closed:
+                # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
+                # at once, for the next borrower (last in, first out), and a failure is
+                # ours to handle, quietly: a connection not known clean is discarded.
+                try:
+                    await reset_session(conn)
+                except Exception:  # noqa: BLE001
+                    await conn.close()
+                except BaseException:  # cancelled mid-reset
+                    await conn.close()
+                    await asyncio.shield(self._pool.putconn(conn))
+                    raise
+            # IDLE: open (a failed reset closed it, then it is not IDLE any more)
+            if conn.pgconn.transaction_status == _IDLE and _psycopg.give_back(self._pool, conn, now):
+                return
+        # Slow path (hand-over to a waiter, expiry, broken): psycopg's,
+        # shielded so that a second cancellation cannot lose the connection.
+        await asyncio.shield(self._pool.putconn(conn))
+
+    def _breaker_error(self) -> ReplicaUnavailable:
+        return messages.replica_unavailable(self.alias, self.target)
+
+    def _timeout_error(self, timeout: float | None) -> Exception:
+        stats = self._pool.get_stats()
+        error = messages.checkout_failed(
+            self.alias, self.target, self.settings, waited=self.timeout if timeout is None else timeout,
+            last_connect_error=self.connects.last_error, now=monotonic(), size=stats.get("pool_size", 0),
+            waiting=stats.get("requests_waiting", 0))
+        if isinstance(error, PoolExhausted):
+            self.counters["checkout_timeouts"] += 1
+        return error
+
+    # -- statements ----------------------------------------------------------------- #
+
+    async def execute(
+        self, query: Any, params: Sequence[Any] | None
+    ) -> tuple[psycopg.AsyncCursor[Any], list[Any] | None]:
+        """Run one statement on a borrowed connection and return the connection at once.
+
+        Returns the psycopg cursor (its result, description and status stay
+        readable after the connection went back) and the rows, or None when the
+        statement returned no result set.
+        """
+        self.counters["statements"] += 1
+        retried = False
+        while True:
+            # A retry waits no longer than a check would: it is for a stale connection.
+            conn = await self.getconn(min(self.timeout, self._check_timeout) if retried else None)
+            timer = None
+            try:
+                cur = conn.cursor()
+                if self._query_timeout:
+                    timer = interrupt_after(self._query_timeout, conn)
+                await cur.execute(query, params)
+                res = cur.pgresult
+                # What makes psycopg's cursor.description not None, without
+                # building the Column objects (done on demand by the caller).
+                if res is not None and (res.nfields or res.status == _TUPLES_OK):
+                    return cur, await cur.fetchall()
+                return cur, None
+            except psycopg.OperationalError as exc:
+                error = self._failed(conn, exc, timer, retried)
+                if error is None:
+                    retried = True
+                    continue
+                raise error from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                await self.putconn(conn)
+
+    def _failed(self, conn: PoolConnection, exc: psycopg.OperationalError,
+                timer: asyncio.TimerHandle | None, retried: bool) -> Exception | None:
+        """What a failed statement raises, or None to retry it once on another connection."""
+        if conn._rop_aborted:
+            return self._breaker_error()  # the replica was found down meanwhile
+        if timer is not None and timer.when() <= asyncio.get_running_loop().time():
+            self.counters["query_timeouts"] += 1
+            return messages.query_timeout(self.alias, self._query_timeout)
+        if conn.pgconn.status != _BAD:
+            return exc.with_traceback(None)
+        notify_connection_failed(self.alias)
+        if exc.sqlstate in _LOST_WHILE_IDLE and not retried and not conn._rop_pinged:
+            # The connection died while idle and was not pinged (used recently):
+            # flush its peers and retry this read once.
+            self.counters["retries"] += 1
+            self._flush()
+            return None
+        return exc.with_traceback(None)
+
+    # -- open, prewarm, close --------------------------------------------------------- #
+
+    async def start(self) -> None:
+        """Open the pool; with PREWARM, return once every connection is verified."""
+        started = monotonic()
+        s = self.settings
+        try:
+            if s.prewarm:
+                failure = self.connects.prewarm_failure = asyncio.get_running_loop().create_future()
+                logger.info("readonly pool %r: prewarming %d connections to %s", self.alias, s.pool_size,
+                            self.target.describe())
+                await self._pool.open(wait=False)
+                cause = await prewarm(self._pool, failure, wanted=s.pool_size,
+                                      budget=max(0.05, s.prewarm_timeout - (monotonic() - started)))
+                elapsed = monotonic() - started
+                if cause is not None:
+                    raise messages.prewarm_failed(  # reported by whoever opened the pool
+                        self.alias, self.target, ready=self._pool.get_stats().get("pool_available", 0),
+                        wanted=s.pool_size, elapsed=elapsed, prewarm_timeout=s.prewarm_timeout,
+                        cause=self.session.scrub(cause))
+                self.prewarmed, self.prewarm_seconds = True, elapsed
+                logger.info("readonly pool %r: %d connections prewarmed in %.3f s", self.alias, s.pool_size,
+                            elapsed)
+            else:
+                await self._pool.open(wait=False)
+        except BaseException:
+            await self.close_at_loop_end()
+            raise
+        finally:
+            self.connects.prewarm_failure = None
+        if s.overflow_idle_timeout > 0 and s.max_overflow > 0:
+            self._reaper = asyncio.get_running_loop().create_task(
+                _psycopg.reap_overflow(self._pool, s.overflow_idle_timeout, self._reaped),
+                name=f"{self.name}-overflow-reaper",
+            )
+
+    def _reaped(self, count: int) -> None:
+        self.counters["overflow_closed"] += count
+        logger.info("readonly pool %r: closed %d idle overflow connections (size %d)",
+                    self.alias, count, self._pool.get_stats().get("pool_size", 0))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        self._cancel_tasks()
+        if self._pool.closed:
+            return
+        if _psycopg.running(self._pool):
+            await self._pool.close(timeout)
+        else:
+            await self.close_at_loop_end()
+
+    def _cancel_tasks(self) -> None:
+        for task in (self._reaper, self._flushing):
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def fail_waiting(self) -> None:
+        """The replica is down: fail the clients waiting for a connection now, and end
+        the statements in flight (on a frozen network they would wait for ever)."""
+        await _psycopg.fail_waiting(self._pool, self._breaker_error)
+        for conn in list(self._lent):
+            conn._rop_aborted = True
+            with contextlib.suppress(psycopg.Error):  # already closed: nothing in flight
+                shutdown_socket(conn.pgconn.socket)
+
+    def stop_workers(self) -> None:
+        """Ask psycopg's workers to end, without waiting (the loop is shutting down)."""
+        _psycopg.stop_workers(self._pool)
+
+    async def close_at_loop_end(self) -> None:
+        """Close everything at once: the loop's other tasks are finished (or stuck in a
+        connect that nobody waits for any more)."""
+        self._cancel_tasks()
+        await _psycopg.close_now(self._pool, self.connects.connections, PoolClosed(f"the pool {self.name!r} is closed"))
