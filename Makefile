@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint type check bench bench-quick clean
+.PHONY: setup demo test test-latest-pool lint type check bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-latest-pool: setup
+	$(BIN)/python -m pip install --quiet "tox>=4"
+	$(BIN)/tox -e psycopg-pool-latest
 
 lint: setup
 	$(BIN)/python -m pip install --quiet ruff
