@@ -8,8 +8,9 @@ The wrapper is Django's own PostgreSQL ``DatabaseWrapper``; it changes only:
   I/O on the event loop still applies);
 * ``make_cursor()`` / ``make_debug_cursor()``: the same wrappers plus a guard
   that refuses writes on this read-only alias;
-* ``get_connection_params()``: drops this package's ``OPTIONS["readonly_pool"]``
-  and sets libpq's ``connect_timeout``;
+* ``get_connection_params()``: drops this package's ``OPTIONS["readonly_pool"]``,
+  sets libpq's ``connect_timeout``, and loads ``timestamptz`` with psycopg's C
+  parser (:mod:`.adapters`: the same values as Django's Python one);
 * ``pool``: Django's built-in (sync) psycopg pool, sized from the same settings,
   for sync code (management commands, sync views, WSGI);
 * ``pg_version``: known from the pool, so no sync connection is opened on the loop;
@@ -42,6 +43,7 @@ from django_readonly_pool.errors import ReadOnlyAliasError
 from django_readonly_pool.health import monitor
 from django_readonly_pool.pool import ReadPool, SessionSetup, SyncReadPool, registry
 
+from .adapters import adapters
 from .cursors import (
     BridgeCursor,
     ReadOnlyCursorDebugWrapper,
@@ -136,6 +138,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         params: dict[str, Any] = super().get_connection_params()
         params.pop(OPTIONS_KEY, None)
         params.setdefault("connect_timeout", self.readonly_pool_settings.connect_timeout)
+        if "context" in params:
+            params["context"] = adapters(params["context"])
         return params
 
     def get_adapters_context(self) -> _AdaptContext:
