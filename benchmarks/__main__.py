@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-SCENARIOS = ("orm_reads", "django_async_backend", "http", "claims", "memory", "scaling", "router")
+SCENARIOS = ("workloads", "orm_reads", "django_async_backend", "http", "claims", "memory", "scaling", "router")
 
 
 def _dab(cfg: Any) -> dict[str, Any]:
@@ -31,6 +31,25 @@ def _dab(cfg: Any) -> dict[str, Any]:
                          env=os.environ, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
         return {"skipped": f"django-async-backend run failed: {out.stderr[-1500:]}"}
+    return json.loads(out.stdout)
+
+
+def _workloads(cfg: Any) -> dict[str, Any]:
+    """W1-W7 against every peer, in the Python 3.12 environment (benchmarks/workloads.py)."""
+    from benchmarks import dab
+
+    try:
+        python = dab.ensure_venv()
+    except subprocess.CalledProcessError as exc:
+        return {"skipped": f"could not set up the Python 3.12 environment: {exc}"}
+    if python is None:
+        return {"skipped": "no Python 3.12+ interpreter found (the peers need one)"}
+    out = subprocess.run([str(python), "-m", "benchmarks.workloads", "--seconds", str(cfg.seconds),
+                          "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)],
+                         stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600, check=False,
+                         env=os.environ, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        return {"skipped": f"the workloads run failed (exit {out.returncode}): see its output above"}
     return json.loads(out.stdout)
 
 
@@ -56,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = scenarios.Config.make(args.quick)
         run["machine"] = machine()
         steps = {
+            "workloads": lambda: _workloads(cfg),
             "orm_reads": lambda: scenarios.orm_reads(cfg),
             "django_async_backend": lambda: _dab(cfg),
             "http": lambda: scenarios.http(cfg),

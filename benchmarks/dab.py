@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 VENV = Path(__file__).resolve().parent.parent / ".bench" / "venv312"
-REQUIREMENTS = ["django>=6.1,<6.2", "django-async-backend>=6.1,<6.2", "psycopg[binary,pool]>=3.2",
-                "psycopg-pool>=3.3.3,<3.4", "greenlet>=3", "asgiref>=3.8"]
+# The peers, at the versions issue #12 measured (newer ones are welcome: the report names them).
+REQUIREMENTS = ["django>=6.1,<6.2", "django-async-backend>=6.1.5,<6.2", "django-vpg>=0.6.2",
+                "django-turbo-orm>=0.2.0", "psycopg[binary,pool]>=3.2", "psycopg-pool>=3.3.3",
+                "greenlet>=3", "asgiref>=3.8"]
 
 
 def python312() -> str | None:
@@ -44,7 +46,7 @@ def ensure_venv() -> Path | None:
     import subprocess
 
     python = VENV / "bin" / "python"
-    marker = VENV / ".ready"
+    marker = VENV / ".ready-peers"  # written once every requirement is in
     if marker.exists():
         return python
     interpreter = python312()

@@ -16,6 +16,9 @@ from typing import Any
 from django_readonly_pool.testing.topology import Topology
 
 ROWS = 10_000
+AUTHORS = ROWS // 20  # 20 books each
+# The slow views sleep once per statement (an uncorrelated subquery: an InitPlan),
+# whatever the number of rows: 2 ms of server-side latency for every query that reads them.
 SLOW_MS = 2
 
 POOL_ENV = {
@@ -37,9 +40,27 @@ INSERT INTO bench_item (name, price, created, data)
            jsonb_build_object('i', i, 'tags', jsonb_build_array('a', 'b'))
     FROM generate_series(1, {ROWS}) AS i
     WHERE NOT EXISTS (SELECT 1 FROM bench_item);
+CREATE INDEX IF NOT EXISTS bench_item_created ON bench_item (created);
+CREATE TABLE IF NOT EXISTS bench_author (id bigserial PRIMARY KEY, name varchar(50) NOT NULL);
+INSERT INTO bench_author (name) SELECT 'author ' || i FROM generate_series(1, {AUTHORS}) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM bench_author);
+CREATE TABLE IF NOT EXISTS bench_book (
+    id bigserial PRIMARY KEY, author_id bigint NOT NULL REFERENCES bench_author (id),
+    title varchar(80) NOT NULL, price numeric(10, 2) NOT NULL, published date NOT NULL);
+INSERT INTO bench_book (author_id, title, price, published)
+    SELECT (i % {AUTHORS}) + 1, 'book ' || i, (i % 5000) / 100.0, date '2020-01-01' + i % 2000
+    FROM generate_series(1, {ROWS}) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM bench_book);
+CREATE INDEX IF NOT EXISTS bench_book_author ON bench_book (author_id);
 CREATE OR REPLACE VIEW bench_item_slow AS
-    SELECT * FROM bench_item WHERE pg_sleep({SLOW_MS / 1000}) IS NOT NULL;
+    SELECT * FROM bench_item WHERE (SELECT pg_sleep({SLOW_MS / 1000})) IS NOT NULL;
+CREATE OR REPLACE VIEW bench_author_slow AS
+    SELECT * FROM bench_author WHERE (SELECT pg_sleep({SLOW_MS / 1000})) IS NOT NULL;
+CREATE OR REPLACE VIEW bench_book_slow AS
+    SELECT * FROM bench_book WHERE (SELECT pg_sleep({SLOW_MS / 1000})) IS NOT NULL;
 ANALYZE bench_item;
+ANALYZE bench_author;
+ANALYZE bench_book;
 """
 
 
@@ -73,6 +94,9 @@ class Result:
     max_ms: float
     ops: int
     fairness: float  # min/max operations per worker (1.0: perfectly fair)
+    # Client CPU (every thread of this process: a driver's runtime, a thread pool) per
+    # 1,000 operations, in ms: the figure that stays comparable on a shared machine.
+    cpu_ms_per_1000: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -105,9 +129,11 @@ async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3)
     try:
         await asyncio.sleep(warmup)
         began = time.perf_counter()
+        cpu_began = time.process_time()
         stop_at = began + seconds
         measuring = True
         await asyncio.gather(*tasks)
+        cpu = time.process_time() - cpu_began
         elapsed = max(time.perf_counter(), stop_at) - began
     finally:
         for task in tasks:
@@ -121,7 +147,31 @@ async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3)
         max_ms=latencies[-1] * 1000 if n else 0.0,
         ops=n,
         fairness=(min(per_worker) / max(per_worker)) if per_worker and max(per_worker) else 0.0,
+        cpu_ms_per_1000=cpu * 1e6 / n if n else 0.0,
     )
+
+
+async def measure_batch(op: Op, concurrency: int, per_task: int) -> Result:
+    """*concurrency* workers run *op* *per_task* times each, then stop: for operations so long
+    (10,000 rows) that a timed window would hold only a few of them."""
+    latencies: list[float] = []
+    per_worker = [0] * concurrency
+
+    async def worker(index: int) -> None:
+        for n in range(per_task):
+            started = time.perf_counter()
+            await op(index + n * concurrency)
+            latencies.append(time.perf_counter() - started)
+            per_worker[index] += 1
+
+    began, cpu_began = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    latencies.sort()
+    n = len(latencies)
+    return Result(ops_per_s=n / elapsed, p50_ms=latencies[n // 2] * 1000, p99_ms=latencies[int(n * 0.99)] * 1000,
+                  max_ms=latencies[-1] * 1000, ops=n, fairness=min(per_worker) / max(per_worker),
+                  cpu_ms_per_1000=cpu * 1e6 / n)
 
 
 def machine() -> dict[str, Any]:

@@ -10,6 +10,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # key, description, comparison, target
 TARGETS = [
+    ("workloads_min_peer_cpu_ratio_0ms_c32", "x our client CPU per read, the thriftiest Django-ORM peer on its "
+     "best workload W1-W7 (0 ms, c=32)", ">=", 1.5),
+    ("workloads_min_throughput_vs_best_peer_0ms_c32", "x the best Django-ORM peer's throughput, worst workload "
+     "W1-W7 (0 ms, c=32)", ">=", 1.3),
+    ("w5_time_vs_vpg_fetch_models_0ms_c32", "x django-vpg fetch_models' time for W5 (10,000 instances; "
+     "lower is better)", "<=", 1.0),
+    ("w1_vs_raw_psycopg_0ms_c32", "x a raw psycopg pool on W1's SQL (0 ms, c=32)", ">=", 0.6),
     ("ratio_vs_stock_asgi_2ms_c64", "x stock async ORM under ASGI (2 ms, c=64)", ">=", 8.0),
     ("ratio_vs_django_pool_asgi_2ms_c64", "x Django's built-in pool under ASGI (2 ms, c=64)", ">=", 4.0),
     ("ratio_vs_django_async_backend_0ms_c32", "x django-async-backend (0 ms, c=32)", ">=", 1.0),
@@ -23,11 +30,44 @@ TARGETS = [
 ]
 
 
+PEERS = ("dab", "vpg_dab", "vpg_stock", "turbo", "djpool")
+
+
+def workload_keys(workloads: dict[str, Any], key: str = "0ms_c32") -> dict[str, Any]:
+    """The W1-W7 targets from one run's table (None where a figure is missing)."""
+    cpu_ratios, throughput_ratios = [], []
+    for cells in workloads.values():
+        row = cells.get(key) or {}
+        ours = row.get("ours") or {}
+        if not ours.get("ops_per_s"):
+            continue
+        peers = [row[p] for p in PEERS if p in row and row[p].get("ops_per_s")]
+        cpu_ratios += [p["cpu_ms_per_1000"] / ours["cpu_ms_per_1000"] for p in peers]
+        if peers:
+            throughput_ratios.append(ours["ops_per_s"] / max(p["ops_per_s"] for p in peers))
+
+    def cell(workload: str, name: str) -> dict[str, Any]:
+        return ((workloads.get(workload) or {}).get(key) or {}).get(name) or {}
+
+    w5, vpg5 = cell("W5", "ours"), cell("W5", "vpg_raw")
+    w1, raw1 = cell("W1", "ours"), cell("W1", "raw_psycopg")
+    return {
+        "workloads_min_peer_cpu_ratio_0ms_c32": round(min(cpu_ratios), 3) if cpu_ratios else None,
+        "workloads_min_throughput_vs_best_peer_0ms_c32": (round(min(throughput_ratios), 3)
+                                                          if throughput_ratios else None),
+        "w5_time_vs_vpg_fetch_models_0ms_c32": (round(vpg5["ops_per_s"] / w5["ops_per_s"], 3)
+                                                if w5.get("ops_per_s") and vpg5.get("ops_per_s") else None),
+        "w1_vs_raw_psycopg_0ms_c32": (round(w1["ops_per_s"] / raw1["ops_per_s"], 3)
+                                      if w1.get("ops_per_s") and raw1.get("ops_per_s") else None),
+    }
+
+
 def keys(run: dict[str, Any]) -> dict[str, Any]:
     from benchmarks.scenarios import ratio
 
     orm = run.get("orm_reads", {})
     out: dict[str, Any] = {
+        **workload_keys((run.get("workloads") or {}).get("results") or {}),
         "ratio_vs_stock_asgi_2ms_c64": ratio(orm, "stock_asgi", "2ms_c64"),
         "ratio_vs_django_pool_asgi_2ms_c64": ratio(orm, "django_pool_asgi", "2ms_c64"),
         "ratio_vs_sqlalchemy_asyncpg_0ms_c32": ratio(orm, "sqlalchemy_asyncpg", "0ms_c32"),
@@ -98,6 +138,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for row in doc["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
         lines.append(f"| {row['what']} (`{row['key']}`) | {_fmt(row['value'])} | {row['target']} | {met} |")
+    lines += workload_tables(run.get("workloads") or {})
     orm = run.get("orm_reads") or {}
     if orm:
         columns = list(next(iter(orm.values())).keys())
@@ -178,6 +219,40 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"Router: {router['db_for_read_us']} µs per db_for_read, {router['db_for_write_us']} µs per "
                       "db_for_write."]
     return "\n".join(lines) + "\n"
+
+
+def workload_tables(workloads: dict[str, Any]) -> list[str]:
+    if workloads.get("skipped"):
+        return ["", f"W1-W7: not measured ({workloads['skipped']})."]
+    table = workloads.get("results") or {}
+    if not table:
+        return []
+    versions = ", ".join(f"{k} {v}" for k, v in (workloads.get("versions") or {}).items())
+    names = list(dict.fromkeys(n for cells in table.values() for row in cells.values() for n in row))
+    lines = ["", f"W1-W7 in one Python {workloads.get('python')} process ({versions}):", ""]
+    lines += [f"* {w}: `{text}`" for w, text in (workloads.get("workloads") or {}).items()]
+    for key, title in (("0ms_c32", "32 tasks, no added latency"), ("2ms_c64", "64 tasks, 2 ms per statement")):
+        lines += ["", f"Operations per second and client CPU per 1,000 operations (ms), {title}:", "",
+                  "| Contender | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+        for name in names:
+            cells = []
+            for workload in table:
+                r = (table[workload].get(key) or {}).get(name)
+                if r is None:
+                    cells.append("")
+                elif "error" in r:
+                    cells.append("fails")
+                else:
+                    mark = "" if r.get("same_values", True) else " ≠"
+                    cells.append(f"{_fmt(r['ops_per_s'])} ({_fmt(r['cpu_ms_per_1000'])}){mark}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = sorted({f"{name} on {w}: " + (r.get("error") or "; ".join(r.get("differences", [])))
+                    for w, cells in table.items() for row in cells.values() for name, r in row.items()
+                    if "error" in r or not r.get("same_values", True)})
+    if notes:
+        lines += ["", "`fails`: the peer cannot run it; `≠`: its values differ from Django's:", ""]
+        lines += [f"* {n}" for n in notes]
+    return lines
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:

@@ -29,4 +29,8 @@ if os.environ.get("BENCH_DAB"):
     INSTALLED_APPS += ["django_async_backend", "benchmarks.dabapp"]
     DATABASES["dab"] = {**_replica, "ENGINE": "django_async_backend.db.backends.postgresql",
                         "OPTIONS": {"pool": {"min_size": _size, "max_size": _size}}}
+    # django-vpg (Rust driver, deadpool): its sync backend, and its async one through
+    # django-async-backend, share one pool.
+    DATABASES["vpg"] = {**_replica, "ENGINE": "django_vpg.backend",
+                        "OPTIONS": {"pool": {"min_size": _size, "max_size": _size}}}
 DATABASE_ROUTERS = ["django_readonly_pool.router.ReadOnlyRouter"]

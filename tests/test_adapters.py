@@ -51,19 +51,19 @@ def _values_sql() -> str:
 @pytest.mark.parametrize("use_tz", [True, False])
 @pytest.mark.parametrize("zone", ZONES)
 def test_the_same_values_and_tzinfo_as_djangos_loader(use_tz: bool, zone: str) -> None:
-    template = get_adapters_template(use_tz, dt.timezone.utc if use_tz else None)
+    template = get_adapters_template(use_tz, dt.UTC if use_tz else None)
     fast = adapters(template)
     assert fast.get_loader(TIMESTAMPTZ_OID, Format.TEXT) is not template.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
     django_values = _read(template, zone, _values_sql())
     ours = _read(fast, zone, _values_sql())
     assert ours == django_values
     assert [v.tzinfo for v in ours] == [v.tzinfo for v in django_values]  # the same objects
-    assert all((v.tzinfo is dt.timezone.utc) if use_tz else (v.tzinfo is None) for v in ours)
+    assert all((v.tzinfo is dt.UTC) if use_tz else (v.tzinfo is None) for v in ours)
 
 
 @pytest.mark.parametrize("value", ["infinity", "-infinity", "4713-01-01 00:00:00+00 BC"])
 def test_what_django_cannot_load_fails_the_same_way(value: str) -> None:
-    template = get_adapters_template(True, dt.timezone.utc)
+    template = get_adapters_template(True, dt.UTC)
     sql = f"SELECT '{value}'::timestamptz"
     with pytest.raises(psycopg.DataError) as django_error:
         _read(template, "UTC", sql)

@@ -29,3 +29,47 @@ class SlowItem(ItemColumns):
         managed = False
         db_table = "bench_item_slow"
         app_label = "benchapp"
+
+
+class Author(models.Model):
+    """``bench_author``: 500 rows, each with 20 books (W7's prefetch, W3's join)."""
+
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        managed = False
+        db_table = "bench_author"
+        app_label = "benchapp"
+
+
+class Book(models.Model):
+    author = models.ForeignKey(Author, models.DO_NOTHING, related_name="books")
+    title = models.CharField(max_length=80)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    published = models.DateField()
+
+    class Meta:
+        managed = False
+        db_table = "bench_book"
+        app_label = "benchapp"
+
+
+class SlowAuthor(models.Model):
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        managed = False
+        db_table = "bench_author_slow"
+        app_label = "benchapp"
+
+
+class SlowBook(models.Model):
+    author = models.ForeignKey(SlowAuthor, models.DO_NOTHING, related_name="books")
+    title = models.CharField(max_length=80)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    published = models.DateField()
+
+    class Meta:
+        managed = False
+        db_table = "bench_book_slow"
+        app_label = "benchapp"

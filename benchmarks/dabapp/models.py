@@ -1,7 +1,11 @@
-"""django-async-backend's models over the benchmark tables (Python 3.12+, Django 6.1)."""
+"""django-async-backend's models over the benchmark tables (Python 3.12+, Django 6.1).
+
+``async_objects`` is django-async-backend's manager; ``turbo`` is django-turbo-orm's.
+"""
 
 from django.db import models
 from django_async_backend.db.models.base import AsyncModelMixin
+from turbo_orm import AsyncManager
 
 
 class DabColumns(AsyncModelMixin, models.Model):
@@ -11,6 +15,9 @@ class DabColumns(AsyncModelMixin, models.Model):
     price = models.DecimalField(max_digits=10, decimal_places=2)
     created = models.DateTimeField()
     data = models.JSONField()
+
+    objects = models.Manager()
+    turbo = AsyncManager()
 
     class Meta:
         abstract = True
@@ -27,4 +34,58 @@ class DabSlowItem(DabColumns):
     class Meta:
         managed = False
         db_table = "bench_item_slow"
+        app_label = "dabapp"
+
+
+class DabAuthor(AsyncModelMixin, models.Model):
+    name = models.CharField(max_length=50)
+
+    objects = models.Manager()
+    turbo = AsyncManager()
+
+    class Meta:
+        managed = False
+        db_table = "bench_author"
+        app_label = "dabapp"
+
+
+class DabBook(AsyncModelMixin, models.Model):
+    author = models.ForeignKey(DabAuthor, models.DO_NOTHING, related_name="books")
+    title = models.CharField(max_length=80)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    published = models.DateField()
+
+    objects = models.Manager()
+    turbo = AsyncManager()
+
+    class Meta:
+        managed = False
+        db_table = "bench_book"
+        app_label = "dabapp"
+
+
+class DabSlowAuthor(AsyncModelMixin, models.Model):
+    name = models.CharField(max_length=50)
+
+    objects = models.Manager()
+    turbo = AsyncManager()
+
+    class Meta:
+        managed = False
+        db_table = "bench_author_slow"
+        app_label = "dabapp"
+
+
+class DabSlowBook(AsyncModelMixin, models.Model):
+    author = models.ForeignKey(DabSlowAuthor, models.DO_NOTHING, related_name="books")
+    title = models.CharField(max_length=80)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    published = models.DateField()
+
+    objects = models.Manager()
+    turbo = AsyncManager()
+
+    class Meta:
+        managed = False
+        db_table = "bench_book_slow"
         app_label = "dabapp"
