@@ -36,7 +36,7 @@ from django.db import router as dj_router
 from django.db.models import query as dj_query
 from django.db.models.query import QuerySet, RawQuerySet, prefetch_related_objects
 
-from . import bridge, fastlane
+from . import bridge, fastlane, materialise
 from .aliases import is_pool_alias, pool_aliases
 from .conf import app_settings
 from .dispatch import REPLICA_GONE, bridged, dispatch, fallback_alias, run
@@ -96,12 +96,23 @@ def _fast_aget(stock: Callable[..., Any]) -> Callable[..., Any]:
     return aget
 
 
-def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+def _fast_lane() -> bool:
     try:
-        fast = app_settings().fast_lane
+        return app_settings().fast_lane
     except ConfigurationError:
-        fast = True  # the system check reports the bad setting
-    return _fast_aget(stock) if fast else _read_method("get", stock)
+        return True  # the system check reports the bad setting
+
+
+def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
+    return _fast_aget(stock) if _fast_lane() else _read_method("get", stock)
+
+
+def _follow_fast_lane() -> None:
+    """FAST_LANE also chooses how rows read on the pool become instances."""
+    if _fast_lane():
+        materialise.install()
+    else:
+        materialise.uninstall()
 
 
 async def _fetch_all(qs: Any) -> None:
@@ -258,6 +269,7 @@ def install() -> None:
     _patch(dj_query, "aprefetch_related_objects", _aprefetch_related_objects)
     _patch(dj_models, "aprefetch_related_objects", _aprefetch_related_objects)
     _patch(dj_models.Model, "arefresh_from_db", _arefresh_from_db)
+    _follow_fast_lane()
 
 
 def uninstall() -> None:
@@ -265,9 +277,11 @@ def uninstall() -> None:
     for (owner, name), value in _stock.items():
         setattr(owner, name, value)
     _stock.clear()
+    materialise.uninstall()
 
 
 def follow_settings(**kwargs: Any) -> None:
     """``setting_changed`` receiver: ``FAST_LANE`` chooses the ``aget()`` installed."""
     if kwargs.get("setting") == "READONLY_POOL" and (QuerySet, "aget") in _stock:
         QuerySet.aget = _aget(_stock[(QuerySet, "aget")])  # type: ignore[method-assign]
+        _follow_fast_lane()

@@ -27,7 +27,7 @@ LAYERS = {
     "bridge": 3,
     "pool": 4, "health": 4,  # they talk through events, never import each other
     "router": 5,
-    "backend": 6, "fastlane": 6,
+    "backend": 6, "fastlane": 6, "materialise": 6,
     "dispatch": 7,
     "orm": 8,
     # integrations, wired in AppConfig.ready(): they may use each other (no cycle)

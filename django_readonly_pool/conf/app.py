@@ -51,7 +51,8 @@ class AppSettings:
     of a request only when the request opened one, instead of hopping to a
     thread for every request (True).
     ``FAST_LANE``: cache the compiled SQL of ``aget(**kwargs)`` on untouched
-    querysets per query shape (True); see django_readonly_pool.fastlane.
+    querysets per query shape, and build plain models' instances without
+    ``Model.__init__`` (True); see django_readonly_pool.fastlane and .materialise.
     ``HEALTH_DETAILS``: who gets the per-alias details of the health view:
     "staff" (active staff users, the default), "always" or "never".
     """

@@ -1,0 +1,191 @@
+"""Rows read on the pool become the same instances as Django's ``from_db()`` makes.
+
+Instances built on the fast path are compared with the sync ORM's, attribute by
+attribute (``__dict__`` order included); a model that customises anything the
+fast path would skip must be built by Django (``Model.__init__`` runs, counted
+with ``sys.setprofile``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import models
+from django.db.models.signals import post_init, pre_init
+from django.test import override_settings
+
+from django_readonly_pool import materialise
+from tests.conftest import arun
+from tests.testapp.models import Author, Book
+
+pytestmark = pytest.mark.usefixtures("seeded", "db_access")
+
+
+class BuiltBook(Book):
+    """A proxy whose __init__ does something: Django must build it."""
+
+    class Meta:
+        proxy = True
+        app_label = "testapp"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.built = True
+
+
+class LoadedBook(Book):
+    """A proxy with its own from_db."""
+
+    class Meta:
+        proxy = True
+        app_label = "testapp"
+
+    @classmethod
+    def from_db(cls, db: Any, field_names: Any, values: Any, **kwargs: Any) -> Any:
+        obj = super().from_db(db, field_names, values, **kwargs)
+        obj.loaded = True
+        return obj
+
+
+class Upload(models.Model):
+    """A FileField's descriptor has a __set__ of its own."""
+
+    document = models.FileField()
+
+    class Meta:
+        managed = False
+        app_label = "testapp"
+
+
+class Mixin:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+
+
+class MixedBook(Book, Mixin):
+    class Meta:
+        proxy = True
+        app_label = "testapp"
+
+
+@contextmanager
+def counting_inits() -> Iterator[list[int]]:
+    """How many times Model.__init__ runs in this thread (the bridge included)."""
+    count = [0]
+    code = models.Model.__init__.__code__
+    previous = sys.getprofile()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is code:
+            count[0] += 1
+
+    sys.setprofile(profile)
+    try:
+        yield count
+    finally:
+        sys.setprofile(previous)
+
+
+def state(obj: models.Model) -> tuple[Any, ...]:
+    d = dict(obj.__dict__)
+    s = d.pop("_state")
+    if "_prefetched_objects_cache" in d:
+        d["_prefetched_objects_cache"] = {k: [state(x) for x in v]
+                                          for k, v in d["_prefetched_objects_cache"].items()}
+    return (type(obj), list(d), d, s.db, s.adding, dict(s.fields_cache), vars(s).keys() - {"fields_cache"})
+
+
+async def alist(qs: Any) -> list[Any]:
+    return [x async for x in qs]
+
+
+def test_a_plain_model_is_built_without_init_and_equals_djangos() -> None:
+    sync = list(Book.objects.using("readonly").order_by("pk"))
+    with counting_inits() as inits:
+        ours = arun(alist(Book.objects.using("readonly").order_by("pk")))
+    assert inits[0] == 0 and ours
+    assert [state(o) for o in ours] == [state(o) for o in sync]
+    assert materialise._plans[Book]
+
+
+def test_plain_reads_of_every_kind_equal_djangos() -> None:
+    reads = [
+        lambda a: Author.objects.using(a).order_by("pk"),
+        lambda a: Book.objects.using(a).select_related("author").order_by("-pk")[:5],
+        lambda a: Book.objects.using(a).prefetch_related("tags").order_by("pk")[:5],
+        lambda a: Book.objects.using(a).annotate(n=models.Count("tags")).order_by("pk")[:5],
+    ]
+    for read in reads:
+        sync = list(read("readonly"))
+        ours = arun(alist(read("readonly")))
+        assert [state(o) for o in ours] == [state(o) for o in sync]
+        for a, b in zip(ours, sync, strict=True):
+            related = [(k, state(v)) for k, v in a._state.fields_cache.items()]
+            assert related == [(k, state(v)) for k, v in b._state.fields_cache.items()]
+
+
+@pytest.mark.parametrize("model", [BuiltBook, LoadedBook, MixedBook])
+def test_a_model_that_customises_construction_is_built_by_django(model: type[Book]) -> None:
+    sync = list(model.objects.using("readonly").order_by("pk")[:3])
+    with counting_inits() as inits:
+        ours = arun(alist(model.objects.using("readonly").order_by("pk")[:3]))
+    assert inits[0] >= 3
+    assert [state(o) for o in ours] == [state(o) for o in sync]
+    assert not materialise._plans[model]
+
+
+def test_a_field_with_its_own_descriptor_is_not_plain() -> None:
+    assert materialise._plan(Upload) == ()
+
+
+@pytest.mark.parametrize("signal", [pre_init, post_init])
+def test_a_receiver_connected_at_run_time_is_honoured(signal: Any) -> None:
+    arun(alist(Book.objects.using("readonly")[:2]))  # the plan is cached: receivers still count
+    seen: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        seen.append(sender)
+
+    signal.connect(receiver, sender=Book)
+    try:
+        ours = arun(alist(Book.objects.using("readonly").order_by("pk")[:3]))
+    finally:
+        signal.disconnect(receiver, sender=Book)
+    assert seen == [Book] * 3 and len(ours) == 3
+    unrelated: list[Any] = []
+
+    def other(sender: Any, **kwargs: Any) -> None:
+        unrelated.append(sender)
+
+    signal.connect(other, sender=Author)
+    try:
+        with counting_inits() as inits:
+            arun(alist(Book.objects.using("readonly")[:3]))
+    finally:
+        signal.disconnect(other, sender=Author)
+    assert inits[0] == 0 and unrelated == []  # a receiver for another model does not count
+
+
+def test_deferred_fields_are_built_by_django() -> None:
+    sync = list(Book.objects.using("readonly").only("title").order_by("pk")[:3])
+    with counting_inits() as inits:
+        ours = arun(alist(Book.objects.using("readonly").only("title").order_by("pk")[:3]))
+    assert inits[0] == 3
+    assert [state(o) for o in ours] == [state(o) for o in sync]
+
+
+def test_off_with_the_fast_lane_and_outside_the_bridge() -> None:
+    with override_settings(READONLY_POOL={**settings.READONLY_POOL, "FAST_LANE": False}):
+        assert not materialise.installed()
+        with counting_inits() as inits:
+            arun(alist(Book.objects.using("readonly")[:3]))
+        assert inits[0] == 3
+    assert materialise.installed()
+    with counting_inits() as inits:
+        list(Book.objects.using("readonly")[:3])  # the sync ORM: Django's from_db
+    assert inits[0] == 3
