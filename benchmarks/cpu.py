@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 Read = Callable[[int], Awaitable[Any]]
@@ -36,11 +37,27 @@ def _workloads() -> dict[str, Read]:
     async def filtered_read(i: int) -> Any:  # Django's path (a filter the fast lane does not take)
         return await manager.filter(price__gte=0).aget(pk=1 + i % 10_000)
 
-    return {"aget_pk": pk_read, "aget_filtered": filtered_read}
+    async def list_20(i: int) -> Any:  # W2: 20 instances, filtered, ordered, sliced
+        qs = manager.filter(price__lt=Decimal(10 + i % 80)).order_by("-created")[:20]
+        return [x async for x in qs]
+
+    async def instances_10k(i: int) -> Any:  # W5: every row as an instance
+        return [x async for x in manager.all()]
+
+    return {"aget_pk": pk_read, "aget_filtered": filtered_read, "list_20": list_20,
+            "instances_10k": instances_10k}
+
+
+# Reads of a workload per read of aget_pk (a 10,000-row read costs as much as hundreds).
+SHARE = {"list_20": 0.2, "instances_10k": 0.002}
+
+
+def _reads(name: str, reads: int) -> int:
+    return max(2, int(reads * SHARE.get(name, 1)))
 
 
 async def _cpu_per_read(read: Read, reads: int, concurrency: int) -> float:
-    for i in range(200):  # warm: shapes compiled, connections used
+    for i in range(min(200, reads)):  # warm: shapes compiled, connections used
         await read(i)
     queue = iter(range(reads))
 
@@ -62,7 +79,8 @@ def cpu_per_read(reads: int = 5000, concurrency: int = 32, repeats: int = 3) -> 
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):  # interleaved
             for name, read in _workloads().items():
-                samples.setdefault(name, []).append(await _cpu_per_read(read, reads, concurrency))
+                samples.setdefault(name, []).append(await _cpu_per_read(read, _reads(name, reads),
+                                                                        min(concurrency, _reads(name, reads))))
         return samples
 
     samples = asyncio.run(main())
@@ -78,7 +96,7 @@ def calls_per_read() -> dict[str, dict[str, int]]:
         await open_pools(["readonly"])
         counts: dict[str, dict[str, int]] = {}
         for name, read in _workloads().items():
-            for i in range(50):
+            for i in range(min(50, _reads(name, 1000))):
                 await read(i)
             calls = {"call": 0, "c_call": 0}
 
@@ -114,7 +132,7 @@ from django_readonly_pool.pool import open_pools
 async def main():
     await open_pools(["readonly"])
     read = cpu._workloads()[sys.argv[2]]
-    for i in range(200):
+    for i in range(cpu._reads(sys.argv[2], 200)):
         await read(i)
     queue = iter(range(int(sys.argv[1])))
 
@@ -153,7 +171,8 @@ def instructions_per_read(checkout: str, workload: str, reads: int = 1000) -> fl
     if shutil.which("valgrind") is None:
         return None
     counts = []
-    for n in (100, 100 + reads):
+    base, reads = _reads(workload, 100), _reads(workload, reads)
+    for n in (base, base + reads):
         with tempfile.NamedTemporaryFile(suffix=".cg") as out:
             done = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}", sys.executable,

@@ -110,6 +110,7 @@ def write(run: dict[str, Any]) -> dict[str, Any]:
     (RESULTS / "latest.md").write_text(markdown(document))
     try:
         chart(document, RESULTS / "latest.png")
+        workload_chart(document, RESULTS / "workloads.png")
     except ImportError:
         pass
     return document
@@ -299,5 +300,35 @@ def chart(doc: dict[str, Any], path: Path) -> None:
         ax.set_title("Result size")
         ax.legend()
     fig.suptitle(f"django-readonly-pool benchmarks, {doc['date']} ({doc['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def workload_chart(doc: dict[str, Any], path: Path) -> None:
+    """Client CPU per operation, W1-W7, every contender (0 ms, 32 tasks; log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = ((doc["scenarios"].get("workloads") or {}).get("results")) or {}
+    if not table:
+        return
+    names = list(dict.fromkeys(n for cells in table.values() for n in (cells.get("0ms_c32") or {})))
+    fig, ax = plt.subplots(figsize=(14, 4.8))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        xs, ys = [], []
+        for w, workload in enumerate(table):
+            r = (table[workload].get("0ms_c32") or {}).get(name) or {}
+            if r.get("cpu_ms_per_1000"):
+                xs.append(w - 0.4 + (k + 0.5) * width)
+                ys.append(r["cpu_ms_per_1000"] / 1000)
+        ax.bar(xs, ys, width=width, label=name)
+    ax.set_xticks(range(len(table)), list(table))
+    ax.set_yscale("log")
+    ax.set_ylabel("client CPU per operation, ms (lower is better)")
+    ax.set_title("W1-W7: client CPU per operation, 32 tasks, no added latency")
+    ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
