@@ -17,6 +17,9 @@ TARGETS = [
     ("w5_time_vs_vpg_fetch_models_0ms_c32", "x django-vpg fetch_models' time for W5 (10,000 instances; "
      "lower is better)", "<=", 1.0),
     ("w1_vs_raw_psycopg_0ms_c32", "x a raw psycopg pool on W1's SQL (0 ms, c=32)", ">=", 0.6),
+    ("w1_min_over_peak_past_peak_to_512", "x its peak, the lowest W1 throughput from the peak's concurrency "
+     "to 512 tasks (pool of 64, 2 ms)", ">=", 0.85),
+    ("w1_min_fairness_1_to_512", "fairness (fewest / most reads per task), the lowest from 1 to 512 tasks", ">=", 0.9),
     ("ratio_vs_stock_asgi_2ms_c64", "x stock async ORM under ASGI (2 ms, c=64)", ">=", 8.0),
     ("ratio_vs_django_pool_asgi_2ms_c64", "x Django's built-in pool under ASGI (2 ms, c=64)", ">=", 4.0),
     ("ratio_vs_django_async_backend_0ms_c32", "x django-async-backend (0 ms, c=32)", ">=", 1.0),
@@ -86,6 +89,13 @@ def keys(run: dict[str, Any]) -> dict[str, Any]:
     out["prewarm_speedup_vs_sequential_300"] = (prewarm.get("delay_proxy_1ms_each_way") or {}).get("speedup")
     out["statements_per_read_recommended"] = (
         ((claims.get("recommended_vs_defaults") or {}).get("recommended") or {}).get("statements_per_read"))
+    sweep = (run.get("scaling") or {}).get("concurrency") or {}
+    if sweep:
+        levels = sorted(sweep, key=int)
+        peak = max(levels, key=lambda c: sweep[c]["ops_per_s"])
+        past = [sweep[c]["ops_per_s"] for c in levels if int(c) >= int(peak)]
+        out["w1_min_over_peak_past_peak_to_512"] = round(min(past) / sweep[peak]["ops_per_s"], 3)
+        out["w1_min_fairness_1_to_512"] = round(min(sweep[c]["fairness"] for c in levels), 3)
     sizes = (run.get("scaling") or {}).get("result_size") or {}
     out["large_result_10k_vs_sync_orm"] = (sizes.get("10000") or {}).get("ratio")
     return out
