@@ -148,7 +148,10 @@ def test_sync_reads_of_an_unreachable_replica(fallback: str) -> None:
         took = time.monotonic() - started
         connections[alias].close()
     if fallback == "primary":
-        assert outcome == (alias, 1)  # read through the alias, served by the primary's connection
+        # Served either way: through the alias by the primary's connection, or, once the
+        # monitor's first probe has found the replica down (it races this read), routed to
+        # the primary by the router.
+        assert outcome[0] in (alias, "default") and outcome[1] == 1, outcome
     else:
         assert outcome[0] == "ReplicaUnavailable" and "FALLBACK is 'fail'" in outcome[1]
     assert took < 10
