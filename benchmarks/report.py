@@ -33,7 +33,7 @@ TARGETS = [
 ]
 
 
-PEERS = ("dab", "vpg_dab", "vpg_stock", "turbo", "djpool")
+PEERS = ("dab", "vpg_dab", "vpg_stock", "turbo", "djpool", "stock")
 
 
 def workload_keys(workloads: dict[str, Any], key: str = "0ms_c32") -> dict[str, Any]:

@@ -10,9 +10,11 @@ JSON document. Every contender runs the same ORM code on the same replica rows:
 * ``vpg_stock``: Django's stock async ORM on django-vpg, in the ASGI request shell;
 * ``turbo``: django-turbo-orm on django-async-backend's connections;
 * ``djpool``: Django's stock async ORM on its built-in psycopg pool, in the ASGI request shell;
+* ``stock``: the same without a pool (``CONN_MAX_AGE=0``: a connection per request);
 * ceilings, W1 (and W5) only, not Django's ORM: ``raw_psycopg`` (a psycopg
-  AsyncConnectionPool, the SQL Django sends, tuples) and ``vpg_raw`` (django-vpg's driver;
-  for W5 its ``fetch_models`` into model instances, JSON decoded).
+  AsyncConnectionPool, the SQL Django sends, tuples), ``raw_asyncpg`` (an asyncpg pool, the
+  same SQL, records) and ``vpg_raw`` (django-vpg's driver; for W5 its ``fetch_models`` into
+  model instances, JSON decoded).
 
 For each (workload, contender): throughput and client CPU per 1,000 operations at 32
 tasks on the plain tables and at 64 tasks on the slow views (2 ms per statement), and
@@ -42,8 +44,8 @@ WORKLOADS = {
     "W6": "filter(...).acount() + filter(...).aexists()",
     "W7": "prefetch_related('books').aget(pk=...): 20 children",
 }
-ORM = ("ours", "dab", "vpg_dab", "vpg_stock", "turbo", "djpool")
-CEILINGS = ("raw_psycopg", "vpg_raw")
+ORM = ("ours", "dab", "vpg_dab", "vpg_stock", "turbo", "djpool", "stock")
+CEILINGS = ("raw_psycopg", "raw_asyncpg", "vpg_raw")
 ROWS = 10_000
 AUTHORS = ROWS // 20
 
@@ -142,14 +144,17 @@ async def contender(name: str, slow: bool) -> AsyncIterator[dict[str, Op]]:
     elif name == "turbo":
         models = _models("dabapp", slow)
         yield _async_request(orm_ops(*(m.turbo.using("dab") for m in models)))
-    elif name in ("djpool", "vpg_stock"):
-        alias = "djpool" if name == "djpool" else "vpg"
+    elif name in ("djpool", "vpg_stock", "stock"):
+        alias = {"djpool": "djpool", "vpg_stock": "vpg", "stock": "stock"}[name]
         if alias == "djpool":
             await sync_to_async(lambda: connections["djpool"].pool.open(wait=True, timeout=60))()
         models = _models("benchapp", slow)
         yield _request_shell(orm_ops(*(m.objects.using(alias) for m in models)))
     elif name == "raw_psycopg":
         async with raw_psycopg(slow) as ops:
+            yield ops
+    elif name == "raw_asyncpg":
+        async with raw_asyncpg(slow) as ops:
             yield ops
     elif name == "vpg_raw":
         yield await vpg_raw(slow)
@@ -189,6 +194,34 @@ async def raw_psycopg(slow: bool) -> AsyncIterator[dict[str, Op]]:
         async with pool.connection() as conn:
             cur = await conn.execute(every)
             return await cur.fetchall()
+
+    try:
+        yield {"W1": w1, "W5": w5}
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def raw_asyncpg(slow: bool) -> AsyncIterator[dict[str, Op]]:
+    """The other ceiling: asyncpg's pool, the same SQL, records, no ORM."""
+    import asyncpg
+    from django.db import connections
+
+    params = connections["stock"].get_connection_params()
+    size = int(os.environ.get("BENCH_POOL_SIZE", "64"))
+    pool = await asyncpg.create_pool(host=params.get("host"), port=int(params.get("port") or 5432),
+                                     user=params.get("user"), password=params.get("password"),
+                                     database=params.get("dbname"), min_size=size, max_size=size)
+    sql = _item_sql(slow).replace("%s", "$1")
+    every = sql.split(" WHERE ")[0]
+
+    async def w1(i: int) -> Any:
+        async with pool.acquire() as conn:
+            return await conn.fetch(sql, 1 + i % ROWS)
+
+    async def w5(i: int) -> Any:
+        async with pool.acquire() as conn:
+            return await conn.fetch(every)
 
     try:
         yield {"W1": w1, "W5": w5}
