@@ -17,25 +17,10 @@ from typing import Any
 SCENARIOS = ("workloads", "orm_reads", "django_async_backend", "http", "claims", "memory", "scaling", "router")
 
 
-def _dab(cfg: Any) -> dict[str, Any]:
-    from benchmarks import dab
-
-    try:
-        python = dab.ensure_venv()
-    except subprocess.CalledProcessError as exc:
-        return {"skipped": f"could not set up the Python 3.12 environment: {exc}"}
-    if python is None:
-        return {"skipped": "no Python 3.12+ interpreter found (django-async-backend needs one)"}
-    out = subprocess.run([str(python), "-m", "benchmarks.dab", "--seconds", str(cfg.seconds),
-                          "--warmup", str(cfg.warmup)], capture_output=True, text=True, timeout=900, check=False,
-                         env=os.environ, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if out.returncode != 0:
-        return {"skipped": f"django-async-backend run failed: {out.stderr[-1500:]}"}
-    return json.loads(out.stdout)
-
-
-def _workloads(cfg: Any) -> dict[str, Any]:
-    """W1-W7 against every peer, in the Python 3.12 environment (benchmarks/workloads.py)."""
+def _in_peers_venv(module: str, args: list[str], *, timeout: float, quiet: bool) -> dict[str, Any]:
+    """``python -m MODULE ARGS`` in the Python 3.12+ environment of the peers (benchmarks/dab.py
+    creates it); its standard output is one JSON document. *quiet*: its standard error is kept for
+    the report instead of shown as it runs."""
     from benchmarks import dab
 
     try:
@@ -44,13 +29,24 @@ def _workloads(cfg: Any) -> dict[str, Any]:
         return {"skipped": f"could not set up the Python 3.12 environment: {exc}"}
     if python is None:
         return {"skipped": "no Python 3.12+ interpreter found (the peers need one)"}
-    out = subprocess.run([str(python), "-m", "benchmarks.workloads", "--seconds", str(cfg.seconds),
-                          "--warmup", str(cfg.warmup), "--repeats", str(cfg.repeats)],
-                         stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600, check=False,
+    out = subprocess.run([str(python), "-m", module, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE if quiet else None, text=True, timeout=timeout, check=False,
                          env=os.environ, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
-        return {"skipped": f"the workloads run failed (exit {out.returncode}): see its output above"}
+        said = out.stderr[-1500:] if quiet else "see its output above"
+        return {"skipped": f"{module} failed (exit {out.returncode}): {said}"}
     return json.loads(out.stdout)
+
+
+def _dab(cfg: Any) -> dict[str, Any]:
+    return _in_peers_venv("benchmarks.dab", ["--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup)],
+                          timeout=900, quiet=True)
+
+
+def _workloads(cfg: Any) -> dict[str, Any]:
+    """W1-W7 against every peer (benchmarks/workloads.py), its progress shown as it runs."""
+    return _in_peers_venv("benchmarks.workloads", ["--seconds", str(cfg.seconds), "--warmup", str(cfg.warmup),
+                                                   "--repeats", str(cfg.repeats)], timeout=3600, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -89,41 +90,39 @@ def _models(app: str, slow: bool) -> tuple[Any, Any, Any]:
     return tuple(apps.get_model(app, prefix + name) for name in ("Item", "Book", "Author"))  # type: ignore[return-value]
 
 
-def _request_shell(ops: dict[str, Op]) -> dict[str, Op]:
-    """Django's ASGI handler around each op: a ThreadSensitiveContext, then
-    request_finished (close_old_connections, which returns a pooled connection)."""
-    from asgiref.sync import ThreadSensitiveContext, sync_to_async
-    from django.db import close_old_connections
-
-    close = sync_to_async(close_old_connections)
+def _per_request(ops: dict[str, Op], finished: Callable[[], Awaitable[Any]], *,
+                 thread_context: bool) -> dict[str, Op]:
+    """Each op as one request: *finished* (request_finished) after it, inside a
+    ThreadSensitiveContext when *thread_context* (Django's ASGI handler)."""
+    from asgiref.sync import ThreadSensitiveContext
 
     def wrap(op: Op) -> Op:
-        async def shelled(i: int) -> Any:
-            async with ThreadSensitiveContext():
+        async def request(i: int) -> Any:
+            async with ThreadSensitiveContext() if thread_context else contextlib.nullcontext():
                 try:
                     return await op(i)
                 finally:
-                    await close()
+                    await finished()
 
-        return shelled
+        return request
 
     return {name: wrap(op) for name, op in ops.items()}
+
+
+def _request_shell(ops: dict[str, Op]) -> dict[str, Op]:
+    """Django's ASGI handler around each op: close_old_connections at the end returns a pooled
+    connection."""
+    from asgiref.sync import sync_to_async
+    from django.db import close_old_connections
+
+    return _per_request(ops, sync_to_async(close_old_connections), thread_context=True)
 
 
 def _async_request(ops: dict[str, Op]) -> dict[str, Op]:
     """django-async-backend's request_finished: the async connection back to its pool."""
     from django_async_backend.db import close_old_async_connections
 
-    def wrap(op: Op) -> Op:
-        async def requested(i: int) -> Any:
-            try:
-                return await op(i)
-            finally:
-                await close_old_async_connections()
-
-        return requested
-
-    return {name: wrap(op) for name, op in ops.items()}
+    return _per_request(ops, close_old_async_connections, thread_context=False)
 
 
 @asynccontextmanager

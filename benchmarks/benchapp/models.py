@@ -31,22 +31,36 @@ class SlowItem(ItemColumns):
         app_label = "benchapp"
 
 
-class Author(models.Model):
-    """``bench_author``: 500 rows, each with 20 books (W7's prefetch, W3's join)."""
+
+class AuthorColumns(models.Model):
+    """The columns of ``bench_author``: 500 rows, each with 20 books (W7's prefetch, W3's join)."""
 
     name = models.CharField(max_length=50)
 
+    class Meta:
+        abstract = True
+
+
+class BookColumns(models.Model):
+    """The columns of ``bench_book`` but its foreign key (declared where its target is)."""
+
+    title = models.CharField(max_length=80)
+    price = models.DecimalField(max_digits=10, decimal_places=2)
+    published = models.DateField()
+
+    class Meta:
+        abstract = True
+
+
+class Author(AuthorColumns):
     class Meta:
         managed = False
         db_table = "bench_author"
         app_label = "benchapp"
 
 
-class Book(models.Model):
+class Book(BookColumns):
     author = models.ForeignKey(Author, models.DO_NOTHING, related_name="books")
-    title = models.CharField(max_length=80)
-    price = models.DecimalField(max_digits=10, decimal_places=2)
-    published = models.DateField()
 
     class Meta:
         managed = False
@@ -54,20 +68,15 @@ class Book(models.Model):
         app_label = "benchapp"
 
 
-class SlowAuthor(models.Model):
-    name = models.CharField(max_length=50)
-
+class SlowAuthor(AuthorColumns):
     class Meta:
         managed = False
         db_table = "bench_author_slow"
         app_label = "benchapp"
 
 
-class SlowBook(models.Model):
+class SlowBook(BookColumns):
     author = models.ForeignKey(SlowAuthor, models.DO_NOTHING, related_name="books")
-    title = models.CharField(max_length=80)
-    price = models.DecimalField(max_digits=10, decimal_places=2)
-    published = models.DateField()
 
     class Meta:
         managed = False

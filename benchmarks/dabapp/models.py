@@ -37,26 +37,40 @@ class DabSlowItem(DabColumns):
         app_label = "dabapp"
 
 
-class DabAuthor(AsyncModelMixin, models.Model):
+
+class DabAuthorColumns(AsyncModelMixin, models.Model):
     name = models.CharField(max_length=50)
 
     objects = models.Manager()
     turbo = AsyncManager()
 
     class Meta:
-        managed = False
-        db_table = "bench_author"
-        app_label = "dabapp"
+        abstract = True
 
 
-class DabBook(AsyncModelMixin, models.Model):
-    author = models.ForeignKey(DabAuthor, models.DO_NOTHING, related_name="books")
+class DabBookColumns(AsyncModelMixin, models.Model):
+    """``bench_book`` but its foreign key (declared where its target is)."""
+
     title = models.CharField(max_length=80)
     price = models.DecimalField(max_digits=10, decimal_places=2)
     published = models.DateField()
 
     objects = models.Manager()
     turbo = AsyncManager()
+
+    class Meta:
+        abstract = True
+
+
+class DabAuthor(DabAuthorColumns):
+    class Meta:
+        managed = False
+        db_table = "bench_author"
+        app_label = "dabapp"
+
+
+class DabBook(DabBookColumns):
+    author = models.ForeignKey(DabAuthor, models.DO_NOTHING, related_name="books")
 
     class Meta:
         managed = False
@@ -64,26 +78,15 @@ class DabBook(AsyncModelMixin, models.Model):
         app_label = "dabapp"
 
 
-class DabSlowAuthor(AsyncModelMixin, models.Model):
-    name = models.CharField(max_length=50)
-
-    objects = models.Manager()
-    turbo = AsyncManager()
-
+class DabSlowAuthor(DabAuthorColumns):
     class Meta:
         managed = False
         db_table = "bench_author_slow"
         app_label = "dabapp"
 
 
-class DabSlowBook(AsyncModelMixin, models.Model):
+class DabSlowBook(DabBookColumns):
     author = models.ForeignKey(DabSlowAuthor, models.DO_NOTHING, related_name="books")
-    title = models.CharField(max_length=80)
-    price = models.DecimalField(max_digits=10, decimal_places=2)
-    published = models.DateField()
-
-    objects = models.Manager()
-    turbo = AsyncManager()
 
     class Meta:
         managed = False
