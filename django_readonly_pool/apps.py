@@ -16,6 +16,7 @@ from django.core.signals import setting_changed
 from . import (
     aliases,
     checks,  # noqa: F401 - registers the system checks
+    compiled,
     events,
     fastlane,
     orm,
@@ -44,11 +45,13 @@ class ReadOnlyPoolConfig(AppConfig):
         setting_changed.connect(reset_app_settings, dispatch_uid="readonly_pool_settings")
         setting_changed.connect(aliases.forget, dispatch_uid="readonly_pool_aliases")
         setting_changed.connect(fastlane.clear, dispatch_uid="readonly_pool_fastlane")
+        setting_changed.connect(compiled.follow_settings, dispatch_uid="readonly_pool_compiled")
         setting_changed.connect(orm.follow_settings, dispatch_uid="readonly_pool_orm")
         try:
             settings = app_settings()
         except ConfigurationError:
             settings = AppSettings()  # the system check reports the bad setting
+        compiled.follow_settings()
         if settings.async_orm:
             orm.install()
         if settings.skip_request_thread_hop:

@@ -33,6 +33,16 @@ Django would answer without a query (an integer out of the column's range) or
 refuse takes Django's path, so Django raises its own exception. Django's
 internal ``EmptyResultSet``/``FullResultSet`` never escape.
 ``READONLY_POOL["FAST_LANE"] = False`` turns it off.
+
+``acount()`` and ``aexists()`` of any queryset whose shape
+:mod:`django_readonly_pool.compiled` can fingerprint skip Django's building of
+the COUNT/EXISTS query too (a clone, an aggregate resolved, ``as_sql()``): the
+statement Django sent the first times for the shape is sent again with this
+queryset's parameters, and the row read as Django reads it (``int(count)``;
+``exists()`` is whether a row came back; a queryset with annotations takes
+Django's path, so the answer is the first column). A shape is trusted after
+Django's own call sent the same one statement twice, ending with the parameters
+computed here.
 """
 
 from __future__ import annotations
@@ -51,7 +61,9 @@ from django.db.models.lookups import Exact, IntegerFieldExact, IntegerFieldOverf
 from django.db.models.query import MAX_GET_RESULTS, QuerySet
 from django.db.models.sql import Query
 
-__all__ = ["clear", "fast_get", "stats"]
+from . import compiled
+
+__all__ = ["clear", "fast_get", "fast_scalar", "stats"]
 
 _MAX_SHAPES: Final = 2048
 _EXACT_LOOKUPS: Final = (Exact, IntegerFieldExact, RelatedExact)
@@ -92,6 +104,7 @@ def clear(**kwargs: Any) -> None:
     with _lock:
         _shapes.clear()
         _fresh.clear()
+        _scalars.clear()
 
 
 def _defaults(model: type[Model]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -306,3 +319,90 @@ def _run(shape: _Shape, params: list[Any]) -> Any:
     raise model.MultipleObjectsReturned(  # type: ignore[attr-defined]
         f"get() returned more than one {name} -- it returned {shown}!"
     )
+
+
+# --------------------------------------------------------------------------- #
+# count() and exists()
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(slots=True)
+class _Scalar:
+    sql: str
+    prefix: tuple[Any, ...]  # the statement's parameters before the WHERE's (exists(): SELECT 1)
+    method: str
+    alias: str
+    pins: tuple[Any, ...]
+    trusted: bool = False
+
+    def read(self, row: Any) -> Any:
+        """The answer Django's get_aggregation() / has_results() makes of the row."""
+        if self.method == "exists":
+            return bool(row)
+        value = row[0] if row else 0  # no row: Count's empty_result_set_value
+        return None if value is None else int(value)
+
+
+_scalars: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_SCALAR_METHODS: Final = ("count", "exists")
+
+
+def fast_scalar(qs: QuerySet[Any], alias: str, method: str) -> Any:
+    """A sync callable for the bridge doing ``qs.count()`` / ``qs.exists()``, or None."""
+    if (qs._result_cache is not None
+            or getattr(type(qs), method) is not getattr(QuerySet, method) or not compiled.installed()):
+        return None
+    query = qs.query
+    if query.annotations:  # then the answer is not always the first column: Django's path
+        return None
+    found = compiled.shape(query.get_compiler(using=alias), method)
+    if found is None:
+        return None
+    entry = _scalars.get(found.key)
+    if entry is _NOT_ELIGIBLE:
+        return None
+    if entry is not None and entry.trusted:
+        _stats["hits"] += 1
+        return partial(_run_scalar, entry, found.params)
+    return partial(_learn_scalar, qs, alias, method, found)
+
+
+def _run_scalar(entry: _Scalar, params: tuple[Any, ...]) -> Any:
+    with connections[entry.alias].cursor() as cursor:
+        cursor.execute(entry.sql, (*entry.prefix, *params))
+        return entry.read(cursor.fetchone())
+
+
+def _learn_scalar(qs: QuerySet[Any], alias: str, method: str, found: compiled.Found) -> Any:
+    """Django's own call, its statement recorded (no statement of ours: assertNumQueries holds)."""
+    key, params, pins = found
+    sent: list[tuple[str, Any, bool]] = []
+
+    def record(execute: Any, sql: str, sql_params: Any, many: bool, context: dict[str, Any]) -> Any:
+        sent.append((sql, sql_params, many))
+        return execute(sql, sql_params, many, context)
+
+    connection = connections[alias]
+    with connection.execute_wrapper(record):
+        answer = getattr(qs, method)()
+    candidate = None
+    if len(sent) == 1 and not sent[0][2]:
+        sql, sent_params = sent[0][0], tuple(sent[0][1] or ())
+        cut = len(sent_params) - len(params)
+        if cut >= 0 and compiled.same(sent_params[cut:], params):
+            candidate = _Scalar(sql, sent_params[:cut], method, alias, tuple(pins))
+    with _lock:
+        entry = _scalars.get(key)
+        if candidate is None:
+            _scalars[key] = _NOT_ELIGIBLE
+        elif entry is None:
+            _scalars[key] = candidate
+            _stats["misses"] += 1
+        elif entry is not _NOT_ELIGIBLE and not entry.trusted:
+            if (entry.sql, entry.prefix) == (candidate.sql, candidate.prefix):
+                entry.trusted = True
+            else:
+                _scalars[key] = _NOT_ELIGIBLE
+        while len(_scalars) > _MAX_SHAPES:
+            _scalars.popitem(last=False)
+    return answer

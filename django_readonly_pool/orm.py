@@ -96,6 +96,28 @@ def _fast_aget(stock: Callable[..., Any]) -> Callable[..., Any]:
     return aget
 
 
+def _fast_scalar(sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any]:
+    """``acount()`` / ``aexists()`` with the fast lane: see django_readonly_pool.fastlane."""
+    @functools.wraps(stock)
+    async def method(self: QuerySet[Any], *args: Any, **kwargs: Any) -> Any:
+        alias = self.db
+
+        def on_pool() -> Awaitable[Any]:
+            fast = None if args or kwargs else fastlane.fast_scalar(self, alias, sync_name)
+            if fast is not None:
+                return bridge.call_in_bridge(fast, (), {})
+            return bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
+
+        return await dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
+                              on_pool, lambda target: stock(_on(self, target), *args, **kwargs))
+
+    return method
+
+
+# The methods the fast lane changes, and their sync twins.
+_FAST: Final = {"aget": ("get", _fast_aget), "acount": ("count", None), "aexists": ("exists", None)}
+
+
 def _fast_lane() -> bool:
     try:
         return app_settings().fast_lane
@@ -103,8 +125,15 @@ def _fast_lane() -> bool:
         return True  # the system check reports the bad setting
 
 
-def _aget(stock: Callable[..., Any]) -> Callable[..., Any]:
-    return _fast_aget(stock) if _fast_lane() else _read_method("get", stock)
+def _follow(name: str) -> None:
+    """Install *name* (a method of _FAST) as FAST_LANE says."""
+    sync_name, fast = _FAST[name]
+    stock = _stock[(QuerySet, name)]
+    if not _fast_lane():
+        method = _read_method(sync_name, stock)
+    else:
+        method = fast(stock) if fast is not None else _fast_scalar(sync_name, stock)
+    setattr(QuerySet, name, method)
 
 
 def _follow_fast_lane() -> None:
@@ -262,7 +291,8 @@ def install() -> None:
     for name, sync_name in READ_METHODS.items():
         if hasattr(QuerySet, name):
             _patch(QuerySet, name, _read_method(sync_name, getattr(QuerySet, name)))
-    _patch(QuerySet, "aget", _aget(_stock[(QuerySet, "aget")]))
+    for name in _FAST:
+        _follow(name)
     _patch(QuerySet, "__aiter__", _make_aiter(QuerySet))
     _patch(RawQuerySet, "__aiter__", _make_aiter(RawQuerySet))
     _patch(QuerySet, "aiterator", functools.wraps(QuerySet.aiterator)(_aiterator))
@@ -281,7 +311,9 @@ def uninstall() -> None:
 
 
 def follow_settings(**kwargs: Any) -> None:
-    """``setting_changed`` receiver: ``FAST_LANE`` chooses the ``aget()`` installed."""
+    """``setting_changed`` receiver: ``FAST_LANE`` chooses the ``aget()``, ``acount()`` and
+    ``aexists()`` installed."""
     if kwargs.get("setting") == "READONLY_POOL" and (QuerySet, "aget") in _stock:
-        QuerySet.aget = _aget(_stock[(QuerySet, "aget")])  # type: ignore[method-assign]
+        for name in _FAST:
+            _follow(name)
         _follow_fast_lane()

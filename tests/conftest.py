@@ -7,6 +7,7 @@ import datetime as dt
 import random
 import uuid
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 
+from django_readonly_pool import compiled
 from django_readonly_pool.router import routing_scope
 from django_readonly_pool.testing.topology import Topology
 
@@ -25,6 +27,19 @@ T = TypeVar("T")
 def _close_thread_connections() -> None:
     for conn in connections.all(initialized_only=True):
         conn.close()
+
+
+@contextmanager
+def djangos_compiler() -> Iterator[None]:
+    """Django's own SQL compilation (the compiled-SQL cache off, its shapes kept): the
+    reference the cached paths are compared with."""
+    was = compiled.installed()
+    compiled.uninstall()
+    try:
+        yield
+    finally:
+        if was:
+            compiled.install()
 
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:

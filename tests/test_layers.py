@@ -27,6 +27,7 @@ LAYERS = {
     "bridge": 3,
     "pool": 4, "health": 4,  # they talk through events, never import each other
     "router": 5,
+    "compiled": 5,
     "backend": 6, "fastlane": 6, "materialise": 6,
     "dispatch": 7,
     "orm": 8,

@@ -26,8 +26,8 @@ from django.conf import settings
 from django.db.models import Avg, Count, Max, Prefetch, Sum
 from django.test import override_settings
 
-from django_readonly_pool import fastlane
-from tests.conftest import arun
+from django_readonly_pool import compiled, fastlane
+from tests.conftest import arun, djangos_compiler
 from tests.test_equivalence import norm
 from tests.testapp.models import Author, Book, Review, Tag
 
@@ -268,7 +268,8 @@ def _async_pass(specs: list[Spec]) -> list[Any]:
 def test_generated_querysets_give_djangos_answer(seed: int) -> None:
     values = Values()
     specs = generate(seed, values)
-    expected = {id(spec): run_sync(spec) for spec in specs}
+    with djangos_compiler():
+        expected = {id(spec): run_sync(spec) for spec in specs}
     rng = random.Random(seed + 1)
     mismatches: list[str] = []
 
@@ -277,15 +278,19 @@ def test_generated_querysets_give_djangos_answer(seed: int) -> None:
             if got != expected[id(spec)]:
                 mismatches.append(f"[{label}] {spec!r}\n  sync:  {expected[id(spec)]!r:.400}\n  async: {got!r:.400}")
 
-    fastlane.clear()
-    before = fastlane.stats()
     with override_settings(READONLY_POOL={**settings.READONLY_POOL, "FAST_LANE": True}):
+        fastlane.clear()
+        before, shapes_before = fastlane.stats(), compiled.stats()
         check("fast lane, cold cache", rng.sample(specs, len(specs)))
         check("fast lane, warm cache", rng.sample(specs, len(specs)))
-    after = fastlane.stats()
+        check("fast lane, warm cache again", rng.sample(specs, len(specs)))
+        after, shapes_after = fastlane.stats(), compiled.stats()
     with override_settings(READONLY_POOL={**settings.READONLY_POOL, "FAST_LANE": False}):
         check("no fast lane", rng.sample(specs, len(specs)))
     assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:20])
     # The net catches the fast lane at work, not only Django's path.
     assert after["hits"] - before["hits"] >= 20, after
     assert after["ineligible"] - before["ineligible"] >= 20, after
+    # ... and the compiled-SQL cache: shapes reused, and shapes it leaves to Django.
+    assert shapes_after["hits"] - shapes_before["hits"] >= 20, shapes_after
+    assert shapes_after["ineligible"] - shapes_before["ineligible"] >= 5, shapes_after

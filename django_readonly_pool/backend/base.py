@@ -98,6 +98,8 @@ def _release_before_destroy(mirrored: str, alias: str) -> None:
 
 
 class DatabaseOperations(PostgresOperations):
+    compiler_module = "django_readonly_pool.backend.compiler"
+
     def compose_sql(self, sql_text: str, params: Any) -> str:
         if not in_bridge():
             return super().compose_sql(sql_text, params)  # type: ignore[no-any-return]
