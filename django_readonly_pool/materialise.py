@@ -27,8 +27,6 @@ False`` turns this off with the fast lane.
 from __future__ import annotations
 
 import inspect
-from itertools import repeat
-from operator import is_
 from typing import Any
 
 from django.db.models import DEFERRED, Model
@@ -76,7 +74,7 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
     if (not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
             or (post_init.receivers and post_init.has_listeners(cls))
-            or any(map(is_, values, repeat(DEFERRED)))):
+            or _maybe_deferred(values)):
         return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
     new = _new(cls)
     state = ModelState()
@@ -87,8 +85,17 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
         state.fetch_mode = fetch_mode
     attributes = new.__dict__
     attributes["_state"] = state
-    attributes.update(zip(plan, values, strict=True))
+    attributes.update(zip(plan, values, strict=False))  # the lengths are equal: checked above
     return new
+
+
+def _maybe_deferred(values: Any) -> bool:
+    """DEFERRED among *values*: ``in`` compares by identity first, so it never misses it; a
+    value equal to it (or whose ``==`` raises) only sends the row to Django's from_db()."""
+    try:
+        return DEFERRED in values
+    except Exception:  # noqa: BLE001 - an odd __eq__: Django's path
+        return True
 
 
 def install() -> None:

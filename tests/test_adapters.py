@@ -85,3 +85,16 @@ def test_the_pool_reads_datetimes_as_the_sync_orm_does() -> None:
     assert through_pool == sync and [v.tzinfo for v in through_pool] == [v.tzinfo for v in sync]
     loader = connections["readonly"].get_connection_params()["context"].get_loader(TIMESTAMPTZ_OID, Format.TEXT)
     assert loader.__module__ == "django_readonly_pool.backend.adapters"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Chicago"])
+def test_a_utc_session_calls_psycopgs_parser_directly(zone: str) -> None:
+    # USE_TZ and a UTC session (what Django sets up): psycopg's loader gives Django's
+    # tzinfo already, so no Python frame is added per value; other zones keep the replace().
+    template = get_adapters_template(True, dt.UTC)
+    with psycopg.connect(**_conninfo(), context=adapters(template), autocommit=True) as conn:
+        conn.execute(f"SET TimeZone = '{zone}'")
+        cur = conn.execute("SELECT now()")
+        loader = cur._tx.get_loader(TIMESTAMPTZ_OID, Format.TEXT)
+        assert (loader.load == loader._parse) is (zone == "UTC")
+        assert cur.fetchone()[0].tzinfo is dt.UTC

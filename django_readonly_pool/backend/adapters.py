@@ -49,6 +49,15 @@ def adapters(template: AdaptersMap) -> AdaptersMap:
             super().__init__(oid, context)
             # The session's TimeZone, read from the connection, as psycopg's loader does.
             self._parse = parser(oid, context).load
+            # When psycopg's loader already gives Django's tzinfo object (a UTC session and
+            # USE_TZ, Django's own setting), the replace() is a no-op: psycopg calls the C
+            # parser straight away, no Python frame per value.
+            try:
+                same = self._parse(b"2000-01-01 00:00:00+00").tzinfo is tz
+            except Exception:  # noqa: BLE001 - no shortcut, the general path below
+                same = False
+            if same:
+                self.load = self._parse  # type: ignore[method-assign]
 
         def load(self, data: Any) -> Any:
             return self._parse(data).replace(tzinfo=tz)
