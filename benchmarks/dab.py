@@ -20,7 +20,7 @@ VENV = Path(__file__).resolve().parent.parent / ".bench" / "venv312"
 # The peers, at the versions issue #12 measured (newer ones are welcome: the report names them).
 REQUIREMENTS = ["django>=6.1,<6.2", "django-async-backend>=6.1.5,<6.2", "django-vpg>=0.6.2",
                 "django-turbo-orm>=0.2.0", "psycopg[binary,pool]>=3.2", "psycopg-pool>=3.3.3",
-                "greenlet>=3", "asgiref>=3.8", "asyncpg>=0.29"]
+                "greenlet>=3", "asgiref>=3.8", "asyncpg>=0.29", "sqlalchemy[asyncio]>=2.0"]
 
 
 def python312() -> str | None:
@@ -46,7 +46,7 @@ def ensure_venv() -> Path | None:
     import subprocess
 
     python = VENV / "bin" / "python"
-    marker = VENV / ".ready-peers-2"  # written once every requirement is in
+    marker = VENV / ".ready-peers-3"  # written once every requirement is in
     if marker.exists():
         return python
     interpreter = python312()

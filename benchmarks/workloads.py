@@ -11,6 +11,8 @@ JSON document. Every contender runs the same ORM code on the same replica rows:
 * ``turbo``: django-turbo-orm on django-async-backend's connections;
 * ``djpool``: Django's stock async ORM on its built-in psycopg pool, in the ASGI request shell;
 * ``stock``: the same without a pool (``CONN_MAX_AGE=0``: a connection per request);
+* ``sqlalchemy``: SQLAlchemy 2's async ORM on asyncpg, the same reads written its way
+  (:mod:`benchmarks.sqlalchemy_workloads`; not a Django ORM, so outside the targets);
 * ceilings, W1 (and W5) only, not Django's ORM: ``raw_psycopg`` (a psycopg
   AsyncConnectionPool, the SQL Django sends, tuples), ``raw_asyncpg`` (an asyncpg pool, the
   same SQL, records) and ``vpg_raw`` (django-vpg's driver; for W5 its ``fetch_models`` into
@@ -46,6 +48,7 @@ WORKLOADS = {
     "W7": "prefetch_related('books').aget(pk=...): 20 children",
 }
 ORM = ("ours", "dab", "vpg_dab", "vpg_stock", "turbo", "djpool", "stock")
+OTHER = ("sqlalchemy",)  # not Django's ORM: measured and compared, outside the targets
 CEILINGS = ("raw_psycopg", "raw_asyncpg", "vpg_raw")
 ROWS = 10_000
 AUTHORS = ROWS // 20
@@ -149,6 +152,11 @@ async def contender(name: str, slow: bool) -> AsyncIterator[dict[str, Op]]:
             await sync_to_async(lambda: connections["djpool"].pool.open(wait=True, timeout=60))()
         models = _models("benchapp", slow)
         yield _request_shell(orm_ops(*(m.objects.using(alias) for m in models)))
+    elif name == "sqlalchemy":
+        from benchmarks.sqlalchemy_workloads import sqlalchemy_asyncpg
+
+        async with sqlalchemy_asyncpg(slow, ROWS, AUTHORS) as ops:
+            yield ops
     elif name == "raw_psycopg":
         async with raw_psycopg(slow) as ops:
             yield ops
@@ -264,6 +272,11 @@ def normalise(value: Any, path: tuple[int, ...] = ()) -> Any:
     to an object on the path as its primary key), for comparison."""
     from django.db.models import Model
 
+    from benchmarks.sqlalchemy_workloads import normalise_mapped
+
+    mapped = normalise_mapped(value, path, normalise)
+    if mapped is not None:
+        return mapped
     if isinstance(value, Model):
         if id(value) in path:
             return ("back to", value.pk)
@@ -351,7 +364,7 @@ async def run(seconds: float, warmup: float, only: list[str], repeats: int) -> d
             cell: dict[str, Any] = {}
             samples: dict[str, Any] = {}
             for _ in range(repeats):  # interleaved: A B C ... A B C; the median-throughput run kept
-                for name in ORM + CEILINGS:
+                for name in ORM + OTHER + CEILINGS:
                     gc.collect()
                     result, sample = await _one(name, workload, slow, concurrency, seconds=seconds, warmup=warmup)
                     if result is None:
