@@ -97,12 +97,34 @@ class Result:
     # Client CPU (every thread of this process: a driver's runtime, a thread pool) per
     # 1,000 operations, in ms: the figure that stays comparable on a shared machine.
     cpu_ms_per_1000: float = 0.0
+    # The servers' CPU (every PostgreSQL and PgBouncer process of this machine) per 1,000
+    # operations: on a machine the servers share, throughput is bounded by client + server CPU.
+    server_cpu_ms_per_1000: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
 Op = Callable[[int], Awaitable[Any]]
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_seconds() -> float:
+    """CPU time so far of every PostgreSQL and PgBouncer process on this machine (user + system;
+    exited backends counted through their postmaster's children times)."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        end = stat.rindex(b")")
+        if stat[stat.index(b"(") + 1:end] in (b"postgres", b"pgbouncer"):
+            ticks += sum(int(x) for x in stat[end + 2:].split()[11:15])  # utime stime cutime cstime
+    return ticks / _TICK
 
 
 async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3) -> Result:
@@ -129,11 +151,11 @@ async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3)
     try:
         await asyncio.sleep(warmup)
         began = time.perf_counter()
-        cpu_began = time.process_time()
+        cpu_began, server_began = time.process_time(), server_cpu_seconds()
         stop_at = began + seconds
         measuring = True
         await asyncio.gather(*tasks)
-        cpu = time.process_time() - cpu_began
+        cpu, server = time.process_time() - cpu_began, server_cpu_seconds() - server_began
         elapsed = max(time.perf_counter(), stop_at) - began
     finally:
         for task in tasks:
@@ -148,6 +170,7 @@ async def measure(op: Op, concurrency: int, seconds: float, warmup: float = 0.3)
         ops=n,
         fairness=(min(per_worker) / max(per_worker)) if per_worker and max(per_worker) else 0.0,
         cpu_ms_per_1000=cpu * 1e6 / n if n else 0.0,
+        server_cpu_ms_per_1000=server * 1e6 / n if n else 0.0,
     )
 
 
@@ -164,14 +187,15 @@ async def measure_batch(op: Op, concurrency: int, per_task: int) -> Result:
             latencies.append(time.perf_counter() - started)
             per_worker[index] += 1
 
-    began, cpu_began = time.perf_counter(), time.process_time()
+    began, cpu_began, server_began = time.perf_counter(), time.process_time(), server_cpu_seconds()
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
+    server = server_cpu_seconds() - server_began
     latencies.sort()
     n = len(latencies)
     return Result(ops_per_s=n / elapsed, p50_ms=latencies[n // 2] * 1000, p99_ms=latencies[int(n * 0.99)] * 1000,
                   max_ms=latencies[-1] * 1000, ops=n, fairness=min(per_worker) / max(per_worker),
-                  cpu_ms_per_1000=cpu * 1e6 / n)
+                  cpu_ms_per_1000=cpu * 1e6 / n, server_cpu_ms_per_1000=server * 1e6 / n)
 
 
 def machine() -> dict[str, Any]:

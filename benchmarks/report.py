@@ -258,6 +258,16 @@ def workload_tables(workloads: dict[str, Any]) -> list[str]:
                     mark = "" if r.get("same_values", True) else " ≠"
                     cells.append(f"{_fmt(r['ops_per_s'])} ({_fmt(r['cpu_ms_per_1000'])}){mark}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Server CPU per 1,000 operations (ms; every PostgreSQL process of the machine, which the "
+              "client shares: 2 cores hold client + server CPU), 32 tasks, no added latency:", "",
+              "| Contender | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+    for name in names:
+        cells = []
+        for workload in table:
+            r = (table[workload].get("0ms_c32") or {}).get(name)
+            server = (r or {}).get("server_cpu_ms_per_1000")
+            cells.append("" if server is None or "error" in (r or {}) else _fmt(server))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     notes = sorted({f"{name} on {w}: " + (r.get("error") or "; ".join(r.get("differences", [])))
                     for w, cells in table.items() for row in cells.values() for name, r in row.items()
                     if "error" in r or not r.get("same_values", True)})

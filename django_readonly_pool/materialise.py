@@ -71,10 +71,13 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
     plan = _plans.get(cls)
     if plan is None:
         plan = _plan(cls)
-    if (not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
+    try:  # "in" compares by identity first, so DEFERRED is never missed; a value equal to it
+        deferred = DEFERRED in values  # (or whose == raises) only sends the row to Django's from_db()
+    except Exception:  # noqa: BLE001 - an odd __eq__: Django's path
+        deferred = True
+    if (deferred or not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
-            or (post_init.receivers and post_init.has_listeners(cls))
-            or _maybe_deferred(values)):
+            or (post_init.receivers and post_init.has_listeners(cls))):
         return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
     new = _new(cls)
     state = ModelState()
@@ -87,15 +90,6 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
     attributes["_state"] = state
     attributes.update(zip(plan, values, strict=False))  # the lengths are equal: checked above
     return new
-
-
-def _maybe_deferred(values: Any) -> bool:
-    """DEFERRED among *values*: ``in`` compares by identity first, so it never misses it; a
-    value equal to it (or whose ``==`` raises) only sends the row to Django's from_db()."""
-    try:
-        return DEFERRED in values
-    except Exception:  # noqa: BLE001 - an odd __eq__: Django's path
-        return True
 
 
 def install() -> None:

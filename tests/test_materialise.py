@@ -19,7 +19,7 @@ from django.db import models
 from django.db.models.signals import post_init, pre_init
 from django.test import override_settings
 
-from django_readonly_pool import materialise
+from django_readonly_pool import bridge, materialise
 from tests.conftest import arun
 from tests.testapp.models import Author, Book
 
@@ -189,3 +189,27 @@ def test_off_with_the_fast_lane_and_outside_the_bridge() -> None:
     with counting_inits() as inits:
         list(Book.objects.using("readonly")[:3])  # the sync ORM: Django's from_db
     assert inits[0] == 3
+
+
+class _Uncomparable:
+    """A converted value whose == raises (numpy arrays do, compared with an object)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_a_value_whose_eq_raises_is_built_by_django() -> None:
+    names = [f.attname for f in Author._meta.concrete_fields]
+    odd = _Uncomparable()
+    values = [1, odd, *([None] * (len(names) - 2))]
+
+    async def main() -> Any:
+        return await bridge.call_in_bridge(lambda: Author.from_db("readonly", names, values), (), {})
+
+    with counting_inits() as inits:
+        obj = arun(main())
+    assert inits == [1]  # Django's from_db(), through Model.__init__
+    assert obj.name is odd and obj._state.db == "readonly" and obj._state.adding is False
+

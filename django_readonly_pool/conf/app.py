@@ -50,9 +50,11 @@ class AppSettings:
     ``SKIP_REQUEST_THREAD_HOP``: under ASGI, close sync connections at the end
     of a request only when the request opened one, instead of hopping to a
     thread for every request (True).
-    ``FAST_LANE``: cache the compiled SQL of ``aget(**kwargs)`` on untouched
-    querysets per query shape, and build plain models' instances without
-    ``Model.__init__`` (True); see django_readonly_pool.fastlane and .materialise.
+    ``FAST_LANE``: reuse Django's compiled SQL per query shape on pool aliases
+    (``aget(**kwargs)``, ``acount()``/``aexists()`` without building the query),
+    decode ``jsonb`` with json's C scanner, and build plain models' instances
+    without ``Model.__init__`` (True); see django_readonly_pool.compiled,
+    .fastlane, .materialise and .backend.compiler.
     ``HEALTH_DETAILS``: who gets the per-alias details of the health view:
     "staff" (active staff users, the default), "always" or "never".
     """
