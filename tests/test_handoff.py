@@ -157,3 +157,39 @@ def test_waiters_first_come_first_served_and_retry_passed_on() -> None:
         return [type(r).__name__ if isinstance(r, BaseException) else r for r in results] + given_back
 
     assert arun(main()) == ["CancelledError", RETRY, "conn"]
+
+
+def test_a_client_in_psycopgs_queue_is_served_first_and_does_not_draw_the_others_in() -> None:
+    # A client queued by psycopg (it arrived while the pool could still grow) came first: it gets
+    # the next connection; clients arriving after it still wait for a hand-over.
+    settings = settings_for(pool_size=1, max_overflow=0, prewarm=True, checkout_timeout=5.0)
+
+    async def main() -> tuple[list[str], int, int]:
+        pool = await _pool()
+        order: list[str] = []
+        held = await pool.getconn()
+
+        async def psycopg_client() -> None:
+            conn = await pool._pool.getconn()
+            order.append("psycopg's")
+            await pool.putconn(conn)
+
+        async def our_client() -> None:
+            conn = await pool.getconn()
+            order.append("ours")
+            await pool.putconn(conn)
+
+        first = asyncio.create_task(psycopg_client())
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(our_client())
+        await asyncio.sleep(0.05)
+        ours_waiting = len(pool._waiters)
+        await pool.putconn(held)
+        await asyncio.wait_for(asyncio.gather(first, second), 3.0)
+        return order, ours_waiting, pool.in_use
+
+    with pools_made_by(settings):
+        order, ours_waiting, in_use = arun(main())
+    assert ours_waiting == 1
+    assert order == ["psycopg's", "ours"]
+    assert in_use == 0

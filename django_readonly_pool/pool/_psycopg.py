@@ -69,6 +69,7 @@ __all__ = [
     "saturated",
     "stop_workers",
     "take_idle",
+    "waiting",
 ]
 
 
@@ -208,8 +209,14 @@ def give_back(pool: AsyncInternals, conn: Any, now: float) -> bool:
 
 
 def saturated(pool: AsyncInternals) -> bool:
-    """Every connection is lent, the pool cannot grow, and nobody waits in psycopg's queue."""
-    return not pool._pool and not pool._waiting and not pool._closed and pool._nconns >= pool.max_size
+    """Every connection is lent and the pool cannot grow (clients already in psycopg's queue are
+    served first: ``putconn()`` gives them the connections while :func:`waiting`)."""
+    return not pool._pool and not pool._closed and pool._nconns >= pool.max_size
+
+
+def waiting(pool: AsyncInternals) -> bool:
+    """Clients wait in psycopg's own queue (they arrived while the pool could still grow)."""
+    return bool(pool._waiting)
 
 
 async def fail_waiting(pool: AsyncInternals, error: Callable[[], Exception]) -> None:

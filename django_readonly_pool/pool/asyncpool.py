@@ -263,28 +263,27 @@ class ReadPool:
             status = conn.pgconn.transaction_status
         now = monotonic()
         conn._rop_used_at = now  # policy.mark_used(), inline: every read returns a connection
-        if status == _IDLE:
-            if self._reset_sessions and not self._pool.closed:
-                # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
-                # at once, for the next borrower (last in, first out), and a failure is
-                # ours to handle, quietly: a connection not known clean is discarded.
-                try:
-                    await reset_session(conn)
-                except Exception:  # noqa: BLE001
-                    await conn.close()
-                except BaseException:  # cancelled mid-reset
-                    await conn.close()
-                    await asyncio.shield(self._pool.putconn(conn))
-                    raise
-            # IDLE: open (a failed reset closed it, then it is not IDLE any more)
-            if conn.pgconn.transaction_status == _IDLE and (
-                    (self._waiters and _psycopg.reusable(self._pool, conn, now) and self._waiters.hand(conn))
-                    or _psycopg.give_back(self._pool, conn, now)):
-                return
-        # Slow path (psycopg's waiters, expiry, broken): psycopg's, shielded so that
-        # a second cancellation cannot lose the connection; then a waiter of ours looks again.
+        if status == _IDLE and self._reset_sessions and not self._pool.closed:
+            # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
+            # at once, for the next borrower (last in, first out), and a failure is
+            # ours to handle, quietly: a connection not known clean is discarded.
+            try:
+                await reset_session(conn)
+            except Exception:  # noqa: BLE001
+                await conn.close()
+            except BaseException:  # cancelled mid-reset
+                await conn.close()
+                await asyncio.shield(self._pool.putconn(conn))
+                raise
+        # IDLE: open (a failed reset closed it, then it is not IDLE any more)
+        reusable = conn.pgconn.transaction_status == _IDLE and _psycopg.reusable(self._pool, conn, now)
+        if reusable and not _psycopg.waiting(self._pool) and (  # psycopg's waiters came first: theirs
+                (self._waiters and self._waiters.hand(conn)) or _psycopg.give_back(self._pool, conn, now)):
+            return
+        # Slow path (psycopg's waiters, expiry, broken): psycopg's, shielded so that a second
+        # cancellation cannot lose the connection. One it must replace: a waiter of ours looks again.
         await asyncio.shield(self._pool.putconn(conn))
-        if self._waiters:
+        if not reusable and self._waiters:
             self._waiters.wake()
 
     def _breaker_error(self) -> ReplicaUnavailable:
