@@ -87,7 +87,9 @@ class AsyncInternals(AsyncConnectionPool[Any]):
     """psycopg's async pool with the overrides 1, 3, 4, 5 and 8 above."""
 
     def __init__(self, *, failed_check: Callable[[], None], check_timeout: float, close_surplus: bool = False,
-                 surplus_closed: Callable[[], None] = _no_op, **kwargs: Any) -> None:
+                 surplus_closed: Callable[[], None] = _no_op, added: Callable[[], None] = _no_op,
+                 **kwargs: Any) -> None:
+        self._rop_added = added
         self._rop_failed_check = failed_check
         self._rop_check_timeout = check_timeout
         self._rop_close_surplus = close_surplus
@@ -131,6 +133,8 @@ class AsyncInternals(AsyncConnectionPool[Any]):
             await self._close_connection(conn)
             return
         await super()._add_to_pool(conn)
+        if self._pool:  # it went to the idle list, not to one of psycopg's waiters: ours look again
+            self._rop_added()
 
 
 class SyncInternals(ConnectionPool[Any]):
@@ -209,8 +213,10 @@ def give_back(pool: AsyncInternals, conn: Any, now: float) -> bool:
 
 
 def saturated(pool: AsyncInternals) -> bool:
-    """Every connection is lent and the pool cannot grow (clients already in psycopg's queue are
-    served first: ``putconn()`` gives them the connections while :func:`waiting`)."""
+    """Every connection is lent and the pool cannot grow. A connection psycopg adds to its idle
+    list by itself (a reconnect, a check's replacement) calls ``_rop_added`` (a waiter looks
+    again); clients already in psycopg's queue are served first (``putconn()`` gives to them
+    while :func:`waiting`)."""
     return not pool._pool and not pool._closed and pool._nconns >= pool.max_size
 
 

@@ -91,7 +91,7 @@ class ReadPool:
         self._query_timeout = settings.query_timeout
         self._reset_sessions = not settings.pool_skip_rollback
         self._lent: set[PoolConnection] = set()  # held by clients right now
-        self._waiters = Waiters()  # past saturation: a connection coming back goes to the first
+        self._waiters = Waiters()  # past saturation: a returned connection goes to the first
         self.connects = ConnectLog(alias, target, session.scrub)  # its connections, its last failure
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -116,6 +116,7 @@ class ReadPool:
             check_timeout=settings.check_timeout,
             close_surplus=settings.overflow_idle_timeout == 0 and settings.max_overflow > 0,
             surplus_closed=self._count_overflow_closed,
+            added=self._waiters.wake,  # a connection psycopg put in its idle list: a waiter looks again
         )
 
     # -- what it is ------------------------------------------------------------ #
@@ -277,14 +278,14 @@ class ReadPool:
                 raise
         # IDLE: open (a failed reset closed it, then it is not IDLE any more)
         reusable = conn.pgconn.transaction_status == _IDLE and _psycopg.reusable(self._pool, conn, now)
-        if reusable and not _psycopg.waiting(self._pool) and (  # psycopg's waiters came first: theirs
-                (self._waiters and self._waiters.hand(conn)) or _psycopg.give_back(self._pool, conn, now)):
-            return
-        # Slow path (psycopg's waiters, expiry, broken): psycopg's, shielded so that a second
-        # cancellation cannot lose the connection. One it must replace: a waiter of ours looks again.
+        if reusable and not _psycopg.waiting(self._pool):  # psycopg's waiters came first: theirs
+            if self._waiters and self._waiters.hand(conn):
+                self._lent.add(conn)  # lent on at once: arrivals meanwhile see the pool saturated
+                return
+            if _psycopg.give_back(self._pool, conn, now):
+                return
+        # Slow path (psycopg's waiters, expiry, broken), shielded: a second cancel loses nothing.
         await asyncio.shield(self._pool.putconn(conn))
-        if not reusable and self._waiters:
-            self._waiters.wake()
 
     def _breaker_error(self) -> ReplicaUnavailable:
         return messages.replica_unavailable(self.alias, self.target)
