@@ -20,7 +20,7 @@ from django_readonly_pool import orm as orm_dispatch
 from django_readonly_pool.bridge import BridgeError, await_only, in_bridge
 from django_readonly_pool.pool import open_pools, registry
 from tests.conftest import arun
-from tests.test_pool import pools_made_by, replica_backends, settings_for, wait_until
+from tests.test_pool import pools_made_by, replica_backends, settings_for, settled_backends, wait_until
 from tests.testapp.models import Book, Review
 
 pytestmark = pytest.mark.usefixtures("seeded", "db_access")
@@ -282,7 +282,7 @@ def test_thousands_of_cancellations_lose_no_connection(topology: Any) -> None:
         stats = pool.get_stats()
         stats["cancelled"] = cancelled
         stats["served_after"] = len(after)
-        stats["backends"] = await asyncio.to_thread(replica_backends, topology, app)
+        stats["backends"] = await asyncio.to_thread(settled_backends, topology, app, 5)
         return stats
 
     with pools_made_by(settings, application_name=app):
@@ -340,7 +340,7 @@ def test_ten_thousand_mixed_reads_leave_the_pool_whole(topology: Any) -> None:
             await asyncio.sleep(0.05)
         stats = pool.get_stats()
         stats["outcomes"] = outcomes
-        stats["backends"] = await asyncio.to_thread(replica_backends, topology, app)
+        stats["backends"] = await asyncio.to_thread(settled_backends, topology, app, 5)
         return stats
 
     with pools_made_by(base, application_name=app):

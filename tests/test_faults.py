@@ -26,7 +26,7 @@ from django_readonly_pool.pool import ReadPool, open_pools
 from django_readonly_pool.testing.proxy import TcpProxy
 from django_readonly_pool.testing.topology import Topology
 from tests.conftest import arun
-from tests.test_pool import pools_made_by, replica_backends, settings_for, wait_until
+from tests.test_pool import pools_made_by, replica_backends, settings_for, settled_backends, wait_until
 from tests.testapp.models import Book
 
 pytestmark = [pytest.mark.usefixtures("seeded", "db_access"), pytest.mark.slow]
@@ -369,7 +369,7 @@ def test_storm_of_cancellations_loses_nothing(topology: Topology) -> None:
                 break
             await asyncio.sleep(0.05)
         return {"cancelled": cancelled, "served": len(served), **pool.get_stats(),
-                "backends": await asyncio.to_thread(replica_backends, topology, app)}
+                "backends": await asyncio.to_thread(settled_backends, topology, app, 6)}
 
     with pools_made_by(settings, application_name=app):
         result = arun(main())

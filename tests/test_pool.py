@@ -67,6 +67,17 @@ def replica_backends(topology: Topology, app: str, state: str | None = None) -> 
     return int(topology.replica.sql(query, params, dbname="postgres")[0][0])
 
 
+def settled_backends(topology: Topology, app: str, expected: int, timeout: float = 10.0) -> int:
+    """The server's count of ``app``'s backends once it stops moving towards ``expected``.
+
+    A connection the client closed leaves its backend in pg_stat_activity until that
+    process has exited, which the server does on its own time; a leaked connection
+    stays for good. So wait (bounded) for ``expected`` and report what is there.
+    """
+    wait_until(lambda: replica_backends(topology, app) == expected, timeout)
+    return replica_backends(topology, app)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
