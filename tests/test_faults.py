@@ -207,6 +207,52 @@ def test_dead_replica_behind_pgbouncer_fails_fast(topology: Topology) -> None:
     assert waited < 10.0  # not 120 s, and well inside the 30 s checkout timeout
 
 
+def test_a_dead_replica_behind_pgbouncer_is_one_warning(topology: Topology, caplog: pytest.LogCaptureFixture) -> None:
+    """PgBouncer accepts every login and then answers "server login has been failing":
+    a login that cannot be configured does not end the outage, so it is not logged again
+    for every attempt (CI once saw twelve)."""
+    caplog.set_level(logging.INFO, logger="django_readonly_pool")
+    pk = first_pk()
+
+    async def main() -> int:
+        failures = 0
+        with pools_made_by(settings_for(pool_size=2, max_overflow=2, prewarm=False, checkout_timeout=1.5)):
+            await open_pools(["readonly_bouncer"])
+            stop_at = time.monotonic() + 6.0
+            while time.monotonic() < stop_at:
+                try:
+                    await Book.objects.using("readonly_bouncer").aget(pk=pk)
+                except Exception:  # down: what is counted is the log
+                    failures += 1
+                await asyncio.sleep(0.05)
+        return failures
+
+    async def warm() -> bool:  # PgBouncer now knows the server's parameters: it lets logins in
+        with pools_made_by(settings_for(pool_size=1, max_overflow=0, prewarm=False, checkout_timeout=2)):
+            await open_pools(["readonly_bouncer"])
+            for _ in range(100):  # a test before may have left it in server_login_retry
+                with contextlib.suppress(Exception):
+                    return bool(await Book.objects.using("readonly_bouncer").aget(pk=pk))
+                await asyncio.sleep(0.1)
+        return False
+
+    assert arun(warm())
+    caplog.clear()
+    topology.replica.stop("immediate")
+    try:
+        with override_settings(READONLY_POOL={**BASE, "FALLBACK": "fail"}):
+            failures = arun(main())
+    finally:
+        topology.replica.start()
+        topology.wait_for_replay()
+    warned = [r.getMessage() for r in caplog.records
+              if r.name == "django_readonly_pool" and "'readonly_bouncer' cannot connect" in r.getMessage()]
+    again = [r.getMessage() for r in caplog.records if "'readonly_bouncer' connects to" in r.getMessage()]
+    assert failures >= 3
+    assert len(warned) == 1, warned
+    assert again == []  # PgBouncer's logins never reached a server
+
+
 # -- 3. a frozen network ------------------------------------------------------------ #
 
 

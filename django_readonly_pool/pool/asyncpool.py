@@ -94,7 +94,8 @@ class ReadPool:
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._configure = Configure(session, reset_sessions=self._reset_sessions, postgres_types=postgres_types,
-                                    on_failure=self.connects.connect_failed, on_server_version=on_server_version)
+                                    on_failure=self.connects.connect_failed, on_verified=self.connects.verified,
+                                    on_server_version=on_server_version)
         self._pool = _psycopg.AsyncInternals(
             kwargs=connect_kwargs,
             connection_class=connection_class(self.connects),

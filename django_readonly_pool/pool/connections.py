@@ -73,12 +73,17 @@ class ConnectLog:
         self.last_error = (monotonic(), message)
 
     def connected(self, conn: PoolConnection, seconds: float) -> None:
-        if self.last_error is not None:
-            logger.info("readonly pool %r connects to %s again", self.alias, self.target.describe())
-            self.last_error = None
+        """A login succeeded; the outage is over only once the connection is configured
+        (:meth:`verified`): PgBouncer accepts a login it then cannot serve."""
         self.connections.add(conn)
         if self.listener is not None:
             self.listener(seconds * 1000)
+
+    def verified(self) -> None:
+        """A new connection answered its configuring round trip: connects work again."""
+        if self.last_error is not None:
+            logger.info("readonly pool %r connects to %s again", self.alias, self.target.describe())
+            self.last_error = None
 
 
 def connection_class(log: ConnectLog) -> type[PoolConnection]:
@@ -108,13 +113,14 @@ class Configure:
     """psycopg's ``configure`` callback of one pool."""
 
     def __init__(self, session: SessionSetup, *, reset_sessions: bool, postgres_types: bool,
-                 on_failure: Callable[[BaseException], None],
+                 on_failure: Callable[[BaseException], None], on_verified: Callable[[], None] = lambda: None,
                  on_server_version: Callable[[int], None] | None = None) -> None:
         self.session = session
         self.server_version: int | None = None
         self._reset_sessions = reset_sessions
         self._postgres_types = postgres_types
         self._on_failure = on_failure
+        self._on_verified = on_verified
         self._on_server_version = on_server_version
         self._type_infos: tuple[TypeInfo, ...] | None = None
         self._types_lock = asyncio.Lock()
@@ -125,6 +131,7 @@ class Configure:
         except Exception as exc:
             self._on_failure(exc)  # a connection that cannot be configured is a failed connect
             raise
+        self._on_verified()
 
     async def _configure(self, conn: PoolConnection) -> None:
         if self.server_version is None:
