@@ -17,7 +17,7 @@ few internals :mod:`._psycopg` documents:
   background. A read whose unpinged connection turns out dead is retried once.
 * **MAX_OVERFLOW** connections close once idle for ``OVERFLOW_IDLE_TIMEOUT``.
 * Checkout and return take a lock-free fast path when a connection is ready and
-  nobody waits, last in, first out.
+  nobody waits, last in, first out; past saturation, first come first served (:mod:`.handoff`).
 
 :mod:`.registry` keeps one pool per event loop and alias.
 """
@@ -42,8 +42,9 @@ from django_readonly_pool.interrupt import interrupt_after, shutdown_socket
 
 from . import _psycopg, messages
 from .connections import Configure, ConnectLog, PoolConnection, connection_class, reset_session
+from .handoff import RETRY, Waiters
 from .policy import due_for_ping
-from .prewarm import prewarm
+from .prewarm import open_prewarmed
 from .session import SessionSetup
 
 __all__ = ["COUNTERS", "ReadPool"]
@@ -90,6 +91,7 @@ class ReadPool:
         self._query_timeout = settings.query_timeout
         self._reset_sessions = not settings.pool_skip_rollback
         self._lent: set[PoolConnection] = set()  # held by clients right now
+        self._waiters = Waiters()  # past saturation: a returned connection goes to the first
         self.connects = ConnectLog(alias, target, session.scrub)  # its connections, its last failure
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -115,6 +117,7 @@ class ReadPool:
             check_timeout=settings.check_timeout,
             close_surplus=settings.overflow_idle_timeout == 0 and settings.max_overflow > 0,
             surplus_closed=self._count_overflow_closed,
+            added=self._waiters.wake,  # a connection psycopg put in its idle list: a waiter looks again
         )
 
     # -- what it is ------------------------------------------------------------ #
@@ -232,8 +235,20 @@ class ReadPool:
                 conn._rop_pinged = True
                 self._lent.add(conn)
                 return conn
+        wait = self.timeout if timeout is None else timeout
+        if self._lent and _psycopg.saturated(self._pool):  # a connection of ours will come back
+            started = monotonic()
+            try:
+                handed = await self._waiters.wait(wait, self.putconn)
+            except TimeoutError:
+                raise self._timeout_error(timeout) from None
+            if handed is not RETRY:  # it has just served a read: no ping due
+                handed._rop_pinged = False
+                self._lent.add(handed)
+                return handed  # type: ignore[no-any-return]
+            wait = max(0.0, wait - (monotonic() - started))
         try:
-            taken: PoolConnection = await self._pool.getconn(timeout)
+            taken: PoolConnection = await self._pool.getconn(wait)
         except PoolTimeout:
             raise self._timeout_error(timeout) from None
         self._lent.add(taken)
@@ -250,24 +265,27 @@ class ReadPool:
             status = conn.pgconn.transaction_status
         now = monotonic()
         conn._rop_used_at = now  # policy.mark_used(), inline: every read returns a connection
-        if status == _IDLE:
-            if self._reset_sessions and not self._pool.closed:
-                # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
-                # at once, for the next borrower (last in, first out), and a failure is
-                # ours to handle, quietly: a connection not known clean is discarded.
-                try:
-                    await reset_session(conn)
-                except Exception:  # noqa: BLE001
-                    await conn.close()
-                except BaseException:  # cancelled mid-reset
-                    await conn.close()
-                    await asyncio.shield(self._pool.putconn(conn))
-                    raise
-            # IDLE: open (a failed reset closed it, then it is not IDLE any more)
-            if conn.pgconn.transaction_status == _IDLE and _psycopg.give_back(self._pool, conn, now):
+        if status == _IDLE and self._reset_sessions and not self._pool.closed:
+            # POOL_SKIP_ROLLBACK false: reset here, so that the connection is back
+            # at once, for the next borrower (last in, first out), and a failure is
+            # ours to handle, quietly: a connection not known clean is discarded.
+            try:
+                await reset_session(conn)
+            except Exception:  # noqa: BLE001
+                await conn.close()
+            except BaseException:  # cancelled mid-reset
+                await conn.close()
+                await asyncio.shield(self._pool.putconn(conn))
+                raise
+        # IDLE: open (a failed reset closed it, then it is not IDLE any more)
+        reusable = conn.pgconn.transaction_status == _IDLE and _psycopg.reusable(self._pool, conn, now)
+        if reusable and not _psycopg.waiting(self._pool):  # psycopg's waiters came first: theirs
+            if self._waiters and self._waiters.hand(conn):
+                self._lent.add(conn)  # lent on at once: arrivals meanwhile see the pool saturated
                 return
-        # Slow path (hand-over to a waiter, expiry, broken): psycopg's,
-        # shielded so that a second cancellation cannot lose the connection.
+            if _psycopg.give_back(self._pool, conn, now):
+                return
+        # Slow path (psycopg's waiters, expiry, broken), shielded: a second cancel loses nothing.
         await asyncio.shield(self._pool.putconn(conn))
 
     def _breaker_error(self) -> ReplicaUnavailable:
@@ -345,32 +363,17 @@ class ReadPool:
 
     async def start(self) -> None:
         """Open the pool; with PREWARM, return once every connection is verified."""
-        started = monotonic()
         s = self.settings
         try:
             if s.prewarm:
-                failure = self.connects.prewarm_failure = asyncio.get_running_loop().create_future()
-                logger.info("readonly pool %r: prewarming %d connections to %s", self.alias, s.pool_size,
-                            self.target.describe())
-                await self._pool.open(wait=False)
-                cause = await prewarm(self._pool, failure, wanted=s.pool_size,
-                                      budget=max(0.05, s.prewarm_timeout - (monotonic() - started)))
-                elapsed = monotonic() - started
-                if cause is not None:
-                    raise messages.prewarm_failed(  # reported by whoever opened the pool
-                        self.alias, self.target, ready=self._pool.get_stats().get("pool_available", 0),
-                        wanted=s.pool_size, elapsed=elapsed, prewarm_timeout=s.prewarm_timeout,
-                        cause=self.session.scrub(cause))
-                self.prewarmed, self.prewarm_seconds = True, elapsed
-                logger.info("readonly pool %r: %d connections prewarmed in %.3f s", self.alias, s.pool_size,
-                            elapsed)
+                self.prewarm_seconds = await open_prewarmed(self._pool, self.connects, alias=self.alias,
+                                                            target=self.target, settings=s, scrub=self.session.scrub)
+                self.prewarmed = True
             else:
                 await self._pool.open(wait=False)
         except BaseException:
             await self.close_at_loop_end()
             raise
-        finally:
-            self.connects.prewarm_failure = None
         if s.overflow_idle_timeout > 0 and s.max_overflow > 0:
             self._reaper = asyncio.get_running_loop().create_task(
                 _psycopg.reap_overflow(self._pool, s.overflow_idle_timeout, self._reaped),
@@ -392,6 +395,7 @@ class ReadPool:
             await self.close_at_loop_end()
 
     def _cancel_tasks(self) -> None:
+        self._waiters.fail(lambda: PoolClosed(f"the pool {self.name!r} is closed"))
         for task in (self._reaper, self._flushing):
             if task is not None and not task.done():
                 task.cancel()
@@ -399,6 +403,7 @@ class ReadPool:
     async def fail_waiting(self) -> None:
         """The replica is down: fail the clients waiting for a connection now, and end
         the statements in flight (on a frozen network they would wait for ever)."""
+        self._waiters.fail(self._breaker_error)
         await _psycopg.fail_waiting(self._pool, self._breaker_error)
         for conn in list(self._lent):
             conn._rop_aborted = True

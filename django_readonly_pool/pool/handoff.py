@@ -1,0 +1,84 @@
+"""Hand-over: a connection coming back goes straight to the client that waited longest.
+
+When every connection of a pool is lent and it cannot grow, psycopg's
+``getconn()`` queues the client (a lock, a ``Condition`` per client, a timer) and
+``putconn()`` wakes it through the same lock. Past saturation that costs more
+CPU than the read itself. Here a waiting client is one future in a FIFO queue:
+the client returning a connection it found healthy sets the first waiter's
+future to it (the connection stays lent, as in psycopg's pool), and a
+connection psycopg must take (expired, broken, a pool being drained) wakes the
+first waiter with :data:`RETRY`, which then takes psycopg's own path (and its
+replacement connection). First come, first served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+__all__ = ["RETRY", "Waiters"]
+
+RETRY: Final = object()  # no connection handed over: take psycopg's path
+
+
+class Waiters:
+    """Clients waiting for a connection another client holds, first come first served."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[Any]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def wait(self, timeout: float, give_back: Callable[[Any], Awaitable[None]]) -> Any:
+        """A connection handed over, or :data:`RETRY`; ``TimeoutError`` past *timeout*.
+
+        A connection handed over as the client gives up (cancelled, timed out)
+        goes back through *give_back*: it is never lost."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                got = future.result()
+                if got is RETRY:
+                    self.wake()  # the chance to look again passes to the next waiter
+                else:
+                    await asyncio.shield(give_back(got))
+            else:
+                future.cancel()
+                with contextlib.suppress(ValueError):  # already taken off by hand()
+                    self._queue.remove(future)
+            raise
+
+    def hand(self, item: Any) -> bool:
+        """Give *item* to the first client still waiting; False when there is none."""
+        queue = self._queue
+        while queue:
+            future = queue.popleft()
+            if not future.done():
+                future.set_result(item)
+                return True
+        return False
+
+    def wake(self) -> None:
+        """Let the first waiter take psycopg's path (a connection went to psycopg)."""
+        self.hand(RETRY)
+
+    def fail(self, error: Callable[[], BaseException]) -> None:
+        """Fail every waiting client with ``error()`` (the replica is down, the pool closes)."""
+        queue = self._queue
+        while queue:
+            future = queue.popleft()
+            if not future.done():
+                future.set_exception(error())
