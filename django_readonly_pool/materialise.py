@@ -71,14 +71,13 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
     plan = _plans.get(cls)
     if plan is None:
         plan = _plan(cls)
-    try:  # "in" compares by identity first, so DEFERRED is never missed; a value equal to it
-        deferred = DEFERRED in values  # (or whose == raises) only sends the row to Django's from_db()
-    except Exception:  # noqa: BLE001 - an odd __eq__: Django's path
-        deferred = True
-    if (deferred or not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
+    if (not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
             or (post_init.receivers and post_init.has_listeners(cls))):
         return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
+    for value in values:  # by identity, as Model.__init__ looks for it: "in" would call
+        if value is DEFERRED:  # Decimal's ==, which asks numbers' ABCs about DEFERRED
+            return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
     new = _new(cls)
     state = ModelState()
     state.adding = False

@@ -104,3 +104,14 @@ def test_the_fast_decoder_is_used_only_for_a_plain_json_field() -> None:
     assert [f.__qualname__ for f in functions_on] == ["_fast_json.<locals>.convert"]
     custom = JSONField(decoder=Decoder)
     assert compiler._json_converter(custom.from_db_value) == custom.from_db_value
+
+
+def test_a_model_fields_fast_decoder_is_built_once_an_expressions_is_not_kept() -> None:
+    field = Book._meta.get_field("data")
+    first = compiler._json_converter(field.from_db_value)
+    assert compiler._json_converter(field.from_db_value) is first  # per field, not per query
+    assert first('{"a": [1, 2]}', None, None) == {"a": [1, 2]}
+    kept = len(compiler._fast_converters)
+    loose: JSONField[Any] = JSONField()  # Cast(..., output_field=JSONField()): one per query
+    assert compiler._json_converter(loose.from_db_value)("[1]", None, None) == [1]
+    assert len(compiler._fast_converters) == kept

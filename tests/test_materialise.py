@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.db import models
+from django.db.models import DEFERRED
 from django.db.models.signals import post_init, pre_init
 from django.test import override_settings
 
@@ -200,7 +201,7 @@ class _Uncomparable:
     __hash__ = object.__hash__
 
 
-def test_a_value_whose_eq_raises_is_built_by_django() -> None:
+def test_a_value_whose_eq_raises_is_never_compared() -> None:
     names = [f.attname for f in Author._meta.concrete_fields]
     odd = _Uncomparable()
     values = [1, odd, *([None] * (len(names) - 2))]
@@ -210,6 +211,20 @@ def test_a_value_whose_eq_raises_is_built_by_django() -> None:
 
     with counting_inits() as inits:
         obj = arun(main())
-    assert inits == [1]  # Django's from_db(), through Model.__init__
+    assert inits == [0]  # DEFERRED is looked for by identity, as Model.__init__ does
     assert obj.name is odd and obj._state.db == "readonly" and obj._state.adding is False
+    assert state(obj) == state(Author.from_db("readonly", names, values))
 
+
+def test_a_deferred_value_is_built_by_django() -> None:
+    names = [f.attname for f in Author._meta.concrete_fields]
+    values = [1, "Ann", DEFERRED, *([None] * (len(names) - 3))]
+
+    async def main() -> Any:
+        return await bridge.call_in_bridge(lambda: Author.from_db("readonly", names, values), (), {})
+
+    with counting_inits() as inits:
+        obj = arun(main())
+    assert inits == [1]  # Django's from_db(), through Model.__init__
+    assert obj.get_deferred_fields() == {names[2]}
+    assert state(obj) == state(Author.from_db("readonly", names, values))

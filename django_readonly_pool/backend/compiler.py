@@ -44,13 +44,24 @@ _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # json.
 _from_db_value = JSONField.from_db_value
 
 
+# Per model field (by id, the field pinned beside its converter): built once, not per query.
+# A field of no model (an expression's output_field, made per query) is not kept.
+_fast_converters: dict[int, tuple[JSONField, Callable[..., Any]]] = {}
+
+
 def _json_converter(converter: Any) -> Any:
     """*converter*, or the fast equivalent when it is a plain JSONField's from_db_value."""
     field = getattr(converter, "__self__", None)
     if (type(field) is not JSONField or getattr(converter, "__func__", None) is not _from_db_value
             or field.decoder is not None):
         return converter
-    return _fast_json(converter)
+    known = _fast_converters.get(id(field))
+    if known is not None and known[0] is field:
+        return known[1]
+    fast = _fast_json(converter)
+    if getattr(field, "model", None) is not None:
+        _fast_converters[id(field)] = (field, fast)
+    return fast
 
 
 def _fast_json(from_db_value: Callable[..., Any]) -> Callable[..., Any]:
