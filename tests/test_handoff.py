@@ -42,13 +42,20 @@ def test_clients_past_saturation_are_served_in_arrival_order() -> None:
         for n in range(12):
             tasks.append(asyncio.create_task(client(n)))
             await asyncio.sleep(0.001)  # arrive in this order
+        await asyncio.sleep(0.005)
+        waiting = pool.get_stats()["requests_waiting"]  # 10 clients wait for the 2 connections
         await asyncio.gather(*tasks)
-        return served, pool.pop_stats()
+        psycopgs = pool._pool.get_stats()  # psycopg's own figures (its queue, its getconn())
+        return served, {**pool.pop_stats(), "waiting_then": waiting,
+                        "psycopg_queued": psycopgs.get("requests_queued", 0)}
 
     with pools_made_by(settings):
         served, stats = arun(main())
     assert served == sorted(served)
-    assert stats.get("requests_queued", 0) == 0  # psycopg's queue (a Condition per client) was not used
+    assert stats["psycopg_queued"] == 0  # psycopg's queue (a Condition per client) was not used ...
+    assert stats["waiting_then"] >= 8 and stats["requests_queued"] >= 8  # ... ours counts in its keys
+    assert stats["requests_num"] == 12  # every checkout, handed over or not
+    assert stats["requests_wait_ms"] >= 10 * stats["requests_queued"] // 2
     assert stats.get("requests_waiting", 0) == 0
 
 

@@ -62,6 +62,7 @@ _MAX_WORKERS: Final = 64
 _LOST_WHILE_IDLE: Final = frozenset({None, "57P01", "57P02", "57P03"})
 COUNTERS: Final = ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
                    "query_timeouts", "checkout_timeouts", "overflow_closed", "statements")
+_HANDED: Final = ("requests_num", "requests_queued", "requests_wait_ms", "requests_errors")
 
 
 class ReadPool:
@@ -92,6 +93,8 @@ class ReadPool:
         self._reset_sessions = not settings.pool_skip_rollback
         self._lent: set[PoolConnection] = set()  # held by clients right now
         self._waiters = Waiters()  # past saturation: a returned connection goes to the first
+        # psycopg's request counters for the checkouts its getconn() never saw (hand-overs)
+        self._handed = dict.fromkeys(_HANDED, 0)
         self.connects = ConnectLog(alias, target, session.scrub)  # its connections, its last failure
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -162,17 +165,24 @@ class ReadPool:
         await self._pool.wait(timeout)
 
     def get_stats(self) -> dict[str, int]:
-        stats = self._pool.get_stats()
-        stats.update(self.counters)
-        stats["in_use"] = len(self._lent)
-        return stats
+        return self._with_ours(self._pool.get_stats())
 
     def pop_stats(self) -> dict[str, int]:
         """Like psycopg's: the counters start again from 0."""
-        stats = self._pool.pop_stats()
+        stats = self._with_ours(self._pool.pop_stats())
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._handed = dict.fromkeys(_HANDED, 0)
+        return stats
+
+    def _with_ours(self, stats: dict[str, int]) -> dict[str, int]:
+        """psycopg's figures, with the clients of the hand-over counted in its own keys."""
+        for key, value in self._handed.items():
+            if value:
+                stats[key] = stats.get(key, 0) + value
+        if self._waiters:
+            stats["requests_waiting"] = stats.get("requests_waiting", 0) + len(self._waiters)
         stats.update(self.counters)
         stats["in_use"] = len(self._lent)
-        self.counters = dict.fromkeys(COUNTERS, 0)
         return stats
 
     # -- checks ------------------------------------------------------------------ #
@@ -238,11 +248,16 @@ class ReadPool:
         wait = self.timeout if timeout is None else timeout
         if self._lent and _psycopg.saturated(self._pool):  # a connection of ours will come back
             started = monotonic()
+            self._handed["requests_queued"] += 1  # (pop_stats() may replace the dict meanwhile)
             try:
                 handed = await self._waiters.wait(wait, self.putconn)
             except TimeoutError:
+                self._handed["requests_errors"] += 1
                 raise self._timeout_error(timeout) from None
+            finally:
+                self._handed["requests_wait_ms"] += int(1000.0 * (monotonic() - started))
             if handed is not RETRY:  # it has just served a read: no ping due
+                self._handed["requests_num"] += 1
                 handed._rop_pinged = False
                 self._lent.add(handed)
                 return handed  # type: ignore[no-any-return]
@@ -255,13 +270,20 @@ class ReadPool:
         return taken
 
     async def putconn(self, conn: PoolConnection) -> None:
-        self._lent.discard(conn)
+        # *conn* counts as lent until it is handed on: a client arriving during the
+        # rollback or the reset sees a connection of ours coming back and waits its turn
+        # (an empty lent set sent it to psycopg's queue, ahead of earlier clients).
         status = conn.pgconn.transaction_status
         if status in _OPEN_TRANSACTION:
             # AUTOCOMMIT false: end the read transaction here, quietly (psycopg
             # would log a warning for each one).
-            with contextlib.suppress(Exception):  # the pool discards it below
+            try:
                 await conn.rollback()
+            except Exception:  # noqa: BLE001 - the pool discards it below
+                pass
+            except BaseException:  # cancelled mid-rollback: psycopg takes it (and discards it)
+                await self._to_psycopg(conn)
+                raise
             status = conn.pgconn.transaction_status
         now = monotonic()
         conn._rop_used_at = now  # policy.mark_used(), inline: every read returns a connection
@@ -275,8 +297,9 @@ class ReadPool:
                 await conn.close()
             except BaseException:  # cancelled mid-reset
                 await conn.close()
-                await asyncio.shield(self._pool.putconn(conn))
+                await self._to_psycopg(conn)
                 raise
+        self._lent.discard(conn)
         # IDLE: open (a failed reset closed it, then it is not IDLE any more)
         reusable = conn.pgconn.transaction_status == _IDLE and _psycopg.reusable(self._pool, conn, now)
         if reusable and not _psycopg.waiting(self._pool):  # psycopg's waiters came first: theirs
@@ -288,6 +311,10 @@ class ReadPool:
         # Slow path (psycopg's waiters, expiry, broken), shielded: a second cancel loses nothing.
         await asyncio.shield(self._pool.putconn(conn))
 
+    async def _to_psycopg(self, conn: PoolConnection) -> None:
+        self._lent.discard(conn)
+        await asyncio.shield(self._pool.putconn(conn))
+
     def _breaker_error(self) -> ReplicaUnavailable:
         return messages.replica_unavailable(self.alias, self.target)
 
@@ -296,7 +323,7 @@ class ReadPool:
         error = messages.checkout_failed(
             self.alias, self.target, self.settings, waited=self.timeout if timeout is None else timeout,
             last_connect_error=self.connects.last_error, now=monotonic(), size=stats.get("pool_size", 0),
-            waiting=stats.get("requests_waiting", 0))
+            waiting=stats.get("requests_waiting", 0) + len(self._waiters))
         if isinstance(error, PoolExhausted):
             self.counters["checkout_timeouts"] += 1
         return error
