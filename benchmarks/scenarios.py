@@ -490,13 +490,15 @@ def scaling(cfg: Config) -> dict[str, Any]:
     """Scenario 5: concurrency 1..512 (2 ms reads, pool of 64) and result size 1..10,000 rows."""
     import time
 
-    out: dict[str, Any] = {"concurrency": {}, "result_size": {}}
+    out: dict[str, Any] = {"concurrency": {}, "ceiling": {}, "result_size": {}}
     levels = [1, 8, 64, 256, 512] if cfg.quick else [1, 4, 16, 64, 128, 256, 512]
     for c in levels:
         # Fairness is fewest / most reads per task: the window grows with the tasks, so that each
         # completes dozens of reads and the one read in flight at either edge weighs little.
         window = replace(cfg, seconds=cfg.seconds * max(1.0, c / 64))
         out["concurrency"][str(c)] = run_contender("ours", True, c, window).as_dict()
+        # The ceiling through the same sweep: psycopg's own pool (its queue past 64), same SQL.
+        out["ceiling"][str(c)] = run_contender("raw_pool", True, c, window).as_dict()
 
     from django.db import connections
 
