@@ -1,6 +1,8 @@
 """The pools: the async read pool, its sync twin, and one pool per event loop and alias.
 
 * :mod:`.asyncpool`: :class:`ReadPool`, psycopg's ``AsyncConnectionPool`` with the guide's semantics;
+  :mod:`.statements` (one statement on a borrowed connection), :mod:`.handoff` (past saturation),
+  :mod:`.prewarm`, :mod:`.messages` (its errors);
 * :mod:`.syncpool`: :class:`SyncReadPool`, Django's sync pool of a pool alias;
 * :mod:`.registry`: :data:`registry`, :func:`open_pools`, :func:`close_pools`;
 * :mod:`.connections`, :mod:`.session`, :mod:`.policy`: what both pools share (connect,

@@ -27,20 +27,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from time import monotonic
 from typing import Any, Final
 
 import psycopg
-from psycopg.pq import ConnStatus, ExecStatus, TransactionStatus
+from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolClosed, PoolTimeout
 
 from django_readonly_pool.conf import ConnectionTarget, PoolSettings
 from django_readonly_pool.errors import PoolExhausted, ReplicaUnavailable
-from django_readonly_pool.events import breaker_open, notify_connection_failed, unusable
-from django_readonly_pool.interrupt import interrupt_after, shutdown_socket
+from django_readonly_pool.events import breaker_open, unusable
+from django_readonly_pool.interrupt import shutdown_socket
 
-from . import _psycopg, messages
+from . import _psycopg, messages, statements
 from .connections import Configure, ConnectLog, PoolConnection, connection_class, reset_session
 from .handoff import RETRY, Waiters
 from .policy import due_for_ping
@@ -53,16 +53,9 @@ logger = logging.getLogger("django_readonly_pool")
 
 _IDLE: Final = TransactionStatus.IDLE
 _OPEN_TRANSACTION: Final = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
-_BAD: Final = ConnStatus.BAD
-_TUPLES_OK: Final = ExecStatus.TUPLES_OK
 _MAX_WORKERS: Final = 64
-# A statement failed this way on a connection that died while idle (a server
-# restart): no answer at all, or the server ending the session. Anything else
-# (PgBouncer's query_wait_timeout ...) is the server's answer: not retried.
-_LOST_WHILE_IDLE: Final = frozenset({None, "57P01", "57P02", "57P03"})
 COUNTERS: Final = ("checks", "checks_skipped", "checks_failed", "flushes", "retries",
                    "query_timeouts", "checkout_timeouts", "overflow_closed", "statements")
-_HANDED: Final = ("requests_num", "requests_queued", "requests_wait_ms", "requests_errors")
 
 
 class ReadPool:
@@ -93,8 +86,6 @@ class ReadPool:
         self._reset_sessions = not settings.pool_skip_rollback
         self._lent: set[PoolConnection] = set()  # held by clients right now
         self._waiters = Waiters()  # past saturation: a returned connection goes to the first
-        # psycopg's request counters for the checkouts its getconn() never saw (hand-overs)
-        self._handed = dict.fromkeys(_HANDED, 0)
         self.connects = ConnectLog(alias, target, session.scrub)  # its connections, its last failure
         self._flushing: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -165,24 +156,16 @@ class ReadPool:
         await self._pool.wait(timeout)
 
     def get_stats(self) -> dict[str, int]:
-        return self._with_ours(self._pool.get_stats())
+        """psycopg's figures (the hand-over's clients counted in its keys) and ours."""
+        stats = self._waiters.counted_in(self._pool.get_stats())
+        stats.update(self.counters, in_use=len(self._lent))
+        return stats
 
     def pop_stats(self) -> dict[str, int]:
         """Like psycopg's: the counters start again from 0."""
-        stats = self._with_ours(self._pool.pop_stats())
+        stats = self._waiters.counted_in(self._pool.pop_stats(), reset=True)
+        stats.update(self.counters, in_use=len(self._lent))
         self.counters = dict.fromkeys(COUNTERS, 0)
-        self._handed = dict.fromkeys(_HANDED, 0)
-        return stats
-
-    def _with_ours(self, stats: dict[str, int]) -> dict[str, int]:
-        """psycopg's figures, with the clients of the hand-over counted in its own keys."""
-        for key, value in self._handed.items():
-            if value:
-                stats[key] = stats.get(key, 0) + value
-        if self._waiters:
-            stats["requests_waiting"] = stats.get("requests_waiting", 0) + len(self._waiters)
-        stats.update(self.counters)
-        stats["in_use"] = len(self._lent)
         return stats
 
     # -- checks ------------------------------------------------------------------ #
@@ -248,16 +231,11 @@ class ReadPool:
         wait = self.timeout if timeout is None else timeout
         if self._lent and _psycopg.saturated(self._pool):  # a connection of ours will come back
             started = monotonic()
-            self._handed["requests_queued"] += 1  # (pop_stats() may replace the dict meanwhile)
             try:
                 handed = await self._waiters.wait(wait, self.putconn)
             except TimeoutError:
-                self._handed["requests_errors"] += 1
                 raise self._timeout_error(timeout) from None
-            finally:
-                self._handed["requests_wait_ms"] += int(1000.0 * (monotonic() - started))
             if handed is not RETRY:  # it has just served a read: no ping due
-                self._handed["requests_num"] += 1
                 handed._rop_pinged = False
                 self._lent.add(handed)
                 return handed  # type: ignore[no-any-return]
@@ -328,63 +306,9 @@ class ReadPool:
             self.counters["checkout_timeouts"] += 1
         return error
 
-    # -- statements ----------------------------------------------------------------- #
+    # -- statements (pool/statements.py) --------------------------------------------- #
 
-    async def execute(
-        self, query: Any, params: Sequence[Any] | None
-    ) -> tuple[psycopg.AsyncCursor[Any], list[Any] | None]:
-        """Run one statement on a borrowed connection and return the connection at once.
-
-        Returns the psycopg cursor (its result, description and status stay
-        readable after the connection went back) and the rows, or None when the
-        statement returned no result set.
-        """
-        self.counters["statements"] += 1
-        retried = False
-        while True:
-            # A retry waits no longer than a check would: it is for a stale connection.
-            conn = await self.getconn(min(self.timeout, self._check_timeout) if retried else None)
-            timer = None
-            try:
-                cur = conn.cursor()
-                if self._query_timeout:
-                    timer = interrupt_after(self._query_timeout, conn)
-                await cur.execute(query, params)
-                res = cur.pgresult
-                # What makes psycopg's cursor.description not None, without
-                # building the Column objects (done on demand by the caller).
-                if res is not None and (res.nfields or res.status == _TUPLES_OK):
-                    return cur, await cur.fetchall()
-                return cur, None
-            except psycopg.OperationalError as exc:
-                error = self._failed(conn, exc, timer, retried)
-                if error is None:
-                    retried = True
-                    continue
-                raise error from None
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                await self.putconn(conn)
-
-    def _failed(self, conn: PoolConnection, exc: psycopg.OperationalError,
-                timer: asyncio.TimerHandle | None, retried: bool) -> Exception | None:
-        """What a failed statement raises, or None to retry it once on another connection."""
-        if conn._rop_aborted:
-            return self._breaker_error()  # the replica was found down meanwhile
-        if timer is not None and timer.when() <= asyncio.get_running_loop().time():
-            self.counters["query_timeouts"] += 1
-            return messages.query_timeout(self.alias, self._query_timeout)
-        if conn.pgconn.status != _BAD:
-            return exc.with_traceback(None)
-        notify_connection_failed(self.alias)
-        if exc.sqlstate in _LOST_WHILE_IDLE and not retried and not conn._rop_pinged:
-            # The connection died while idle and was not pinged (used recently):
-            # flush its peers and retry this read once.
-            self.counters["retries"] += 1
-            self._flush()
-            return None
-        return exc.with_traceback(None)
+    execute = statements.execute
 
     # -- open, prewarm, close --------------------------------------------------------- #
 
