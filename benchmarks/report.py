@@ -91,19 +91,21 @@ def keys(run: dict[str, Any]) -> dict[str, Any]:
         ((claims.get("recommended_vs_defaults") or {}).get("recommended") or {}).get("statements_per_read"))
     sweep = (run.get("scaling") or {}).get("concurrency") or {}
     if sweep:
-        levels = sorted(sweep, key=int)
-        peak = max(levels, key=lambda c: sweep[c]["ops_per_s"])
-        past = [sweep[c]["ops_per_s"] for c in levels if int(c) >= int(peak)]
-        out["w1_min_over_peak_past_peak_to_512"] = round(min(past) / sweep[peak]["ops_per_s"], 3)
+        out["w1_min_over_peak_past_peak_to_512"] = _past_peak(sweep)
         ceiling = (run.get("scaling") or {}).get("ceiling") or {}
         if ceiling:  # not a target: what psycopg's own pool keeps through the same sweep
-            top = max(ceiling, key=lambda c: ceiling[c]["ops_per_s"])
-            out["raw_pool_min_over_peak_past_peak_to_512"] = round(
-                min(ceiling[c]["ops_per_s"] for c in ceiling if int(c) >= int(top)) / ceiling[top]["ops_per_s"], 3)
-        out["w1_min_fairness_1_to_512"] = round(min(sweep[c]["fairness"] for c in levels), 3)
+            out["raw_pool_min_over_peak_past_peak_to_512"] = _past_peak(ceiling)
+        out["w1_min_fairness_1_to_512"] = round(min(r["fairness"] for r in sweep.values()), 3)
     sizes = (run.get("scaling") or {}).get("result_size") or {}
     out["large_result_10k_vs_sync_orm"] = (sizes.get("10000") or {}).get("ratio")
     return out
+
+
+def _past_peak(sweep: dict[str, Any]) -> float:
+    """The lowest throughput from the peak's concurrency up, as a share of the peak."""
+    peak = max(sweep, key=lambda c: sweep[c]["ops_per_s"])
+    past = [r["ops_per_s"] for c, r in sweep.items() if int(c) >= int(peak)]
+    return round(min(past) / sweep[peak]["ops_per_s"], 3)
 
 
 def verdicts(values: dict[str, Any]) -> list[dict[str, Any]]:

@@ -297,11 +297,11 @@ class ReadPool:
         return messages.replica_unavailable(self.alias, self.target)
 
     def _timeout_error(self, timeout: float | None) -> Exception:
-        stats = self._pool.get_stats()
+        stats = self.get_stats()  # the hand-over's waiting clients included
         error = messages.checkout_failed(
             self.alias, self.target, self.settings, waited=self.timeout if timeout is None else timeout,
             last_connect_error=self.connects.last_error, now=monotonic(), size=stats.get("pool_size", 0),
-            waiting=stats.get("requests_waiting", 0) + len(self._waiters))
+            waiting=stats.get("requests_waiting", 0))
         if isinstance(error, PoolExhausted):
             self.counters["checkout_timeouts"] += 1
         return error
