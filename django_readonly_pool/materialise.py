@@ -3,10 +3,11 @@
 Every row Django turns into an instance goes through ``Model.from_db()``, which
 calls ``cls(*values)``: ``Model.__init__`` sends ``pre_init``, makes the
 ``ModelState``, sets each field with ``setattr`` and sends ``post_init``. For a
-model that nothing customises, that is the same as filling the new instance's
-``__dict__``, which is what :func:`from_db` does for reads that run in the
-bridge (on the pool). It takes this path only when all of these hold, and
-Django's own ``from_db()`` otherwise:
+model that nothing customises, that is the same as making the ``ModelState``
+and setting the fields in order, with neither the argument handling nor the
+signals, which is what :func:`from_db` does for reads that run in the bridge
+(on the pool). It takes this path only when all of these hold, and Django's own
+``from_db()`` otherwise:
 
 * the model is concrete and defines or inherits no ``__init__``, ``__new__``,
   ``__setattr__`` or ``from_db`` of its own (nor does a class after ``Model`` in
@@ -44,6 +45,7 @@ _model_init = Model.__init__
 _stock: Any = Model.__dict__["from_db"]  # Django's classmethod, restored by uninstall()
 _django_from_db = _stock.__func__
 _new = object.__new__
+_setattr = setattr
 # Per model class: the concrete fields' attnames when it is plain, () when it is not.
 _plans: dict[type, tuple[str, ...]] = {}
 
@@ -66,7 +68,7 @@ def _plan(cls: type[Model]) -> tuple[str, ...]:
     return plan
 
 
-def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **kwargs: Any) -> Model:
+def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, *, fetch_mode: Any = None) -> Model:
     """``Model.from_db()``: the same instance, built without ``__init__`` when it may be."""
     plan = _plans.get(cls)
     if plan is None:
@@ -74,27 +76,32 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, **k
     if (not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
             or (post_init.receivers and post_init.has_listeners(cls))):
-        return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
+        return _stock_from_db(cls, db, field_names, values, fetch_mode)
     for value in values:  # by identity, as Model.__init__ looks for it: "in" would call
         if value is DEFERRED:  # Decimal's ==, which asks numbers' ABCs about DEFERRED
-            return _django_from_db(cls, db, field_names, values, **kwargs)  # type: ignore[no-any-return]
+            return _stock_from_db(cls, db, field_names, values, fetch_mode)
     new = _new(cls)
-    state = ModelState()
-    state.adding = False
+    new._state = state = ModelState()
+    for name, value in zip(plan, values, strict=False):  # the lengths are equal: checked above
+        _setattr(new, name, value)  # as Model.__init__ does (no __dict__ made for plain attributes)
+    state.adding = False  # then as from_db() does
     state.db = db
-    fetch_mode = kwargs.get("fetch_mode")
     if fetch_mode is not None:  # Django 6.1+
         state.fetch_mode = fetch_mode
-    attributes = new.__dict__
-    attributes["_state"] = state
-    attributes.update(zip(plan, values, strict=False))  # the lengths are equal: checked above
     return new
+
+
+def _stock_from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, fetch_mode: Any) -> Model:
+    """Django's ``from_db()``, which takes ``fetch_mode`` from Django 6.1 on."""
+    if fetch_mode is None:
+        return _django_from_db(cls, db, field_names, values)  # type: ignore[no-any-return]
+    return _django_from_db(cls, db, field_names, values, fetch_mode=fetch_mode)  # type: ignore[no-any-return]
 
 
 def install() -> None:
     """Make :func:`from_db` ``Model.from_db`` (idempotent)."""
     if not installed():
-        Model.from_db = classmethod(from_db)  # type: ignore[method-assign,assignment,arg-type]
+        Model.from_db = classmethod(from_db)  # type: ignore[method-assign,assignment]
         _plans.clear()
 
 

@@ -1,9 +1,9 @@
 """Rows read on the pool become the same instances as Django's ``from_db()`` makes.
 
 Instances built on the fast path are compared with the sync ORM's, attribute by
-attribute (``__dict__`` order included); a model that customises anything the
-fast path would skip must be built by Django (``Model.__init__`` runs, counted
-with ``sys.setprofile``).
+attribute (the order of the instance's and of its ``_state``'s ``__dict__``
+included); a model that customises anything the fast path would skip must be
+built by Django (``Model.__init__`` runs, counted with ``sys.setprofile``).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def state(obj: models.Model) -> tuple[Any, ...]:
     if "_prefetched_objects_cache" in d:
         d["_prefetched_objects_cache"] = {k: [state(x) for x in v]
                                           for k, v in d["_prefetched_objects_cache"].items()}
-    return (type(obj), list(d), d, s.db, s.adding, dict(s.fields_cache), vars(s).keys() - {"fields_cache"})
+    state_keys = list(vars(s))  # in order, before fields_cache is read (which makes it)
+    return (type(obj), list(d), d, s.db, s.adding, state_keys, dict(s.fields_cache))
 
 
 async def alist(qs: Any) -> list[Any]:
