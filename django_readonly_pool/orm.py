@@ -86,9 +86,7 @@ def _fast_aget(stock: Callable[..., Any]) -> Callable[..., Any]:
 
         def on_pool() -> Awaitable[Any]:
             fast = fastlane.fast_get(self, alias, args, kwargs)
-            if fast is not None:
-                return bridge.call_in_bridge(fast, (), {})
-            return bridge.call_in_bridge(self.get, args, kwargs)
+            return fast if fast is not None else bridge.call_in_bridge(self.get, args, kwargs)
 
         return await dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
                               on_pool, lambda target: stock(_on(self, target), *args, **kwargs))
@@ -104,9 +102,7 @@ def _fast_scalar(sync_name: str, stock: Callable[..., Any]) -> Callable[..., Any
 
         def on_pool() -> Awaitable[Any]:
             fast = None if args or kwargs else fastlane.fast_scalar(self, alias, sync_name)
-            if fast is not None:
-                return bridge.call_in_bridge(fast, (), {})
-            return bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
+            return fast if fast is not None else bridge.call_in_bridge(getattr(self, sync_name), args, kwargs)
 
         return await dispatch(alias, self._prefetch_related_lookups,  # type: ignore[attr-defined]
                               on_pool, lambda target: stock(_on(self, target), *args, **kwargs))

@@ -186,3 +186,103 @@ def test_a_related_managers_queryset_keeps_its_filter() -> None:
     readonly_author = Author.objects.using("readonly").get(pk=author.pk)
     assert got == [_exc(lambda pk=pk: norm(readonly_author.books.get(pk=pk))) for pk in (mine, other, mine)]
     assert got[1].startswith("DoesNotExist")
+
+
+# -- a trusted shape runs on the event loop when Django's wrapper adds nothing ------ #
+
+
+def _answer(call: Callable[[], Any]) -> Any:
+    try:
+        return norm(call())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _warm_then(calls: list[Callable[[], Awaitable[Any]]]) -> tuple[list[Any], int]:
+    """Run *calls* in order: their answers, and how many ran straight from the event loop."""
+    async def main() -> tuple[list[Any], int]:
+        out = []
+        before = fastlane.stats()["direct"]
+        for call in calls:
+            try:
+                out.append(norm(await call()))
+            except Exception as exc:
+                out.append(f"{type(exc).__name__}: {exc}")
+        return out, fastlane.stats()["direct"] - before
+
+    return arun(main())
+
+
+def test_cached_reads_skip_the_bridge_and_give_djangos_answer() -> None:
+    ids = pks()
+    book = Book.objects.using("default").get(pk=ids[5])
+    readonly = Book.objects.using("readonly")
+    calls = [lambda pk=pk: readonly.aget(pk=pk) for pk in ids[:4]]
+    calls += [lambda: readonly.filter(author_id=book.author_id).acount()] * 3
+    calls += [lambda: readonly.filter(title=book.title).aexists()] * 3
+    calls += [lambda: readonly.aget(pk=-1), lambda: readonly.aget(author_id=book.author_id)] * 2
+    got, direct = _warm_then(calls)
+    sync = [lambda pk=pk: readonly.get(pk=pk) for pk in ids[:4]]
+    sync += [lambda: readonly.filter(author_id=book.author_id).count()] * 3
+    sync += [lambda: readonly.filter(title=book.title).exists()] * 3
+    sync += [lambda: readonly.get(pk=-1), lambda: readonly.get(author_id=book.author_id)] * 2
+    assert got == [_answer(call) for call in sync]
+    # aget(pk=): learnt on its first call, then direct (3, and both pk=-1); acount()/aexists():
+    # trusted after Django's two calls (1 each); aget(author_id=): learnt, then direct (1).
+    assert direct == 3 + 1 + 1 + 2 + 1
+    assert "DoesNotExist" in got[-2] and "MultipleObjectsReturned" in got[-1]
+
+
+def test_execute_wrappers_and_logged_queries_see_every_cached_read() -> None:
+    pk = pks()[1]
+    readonly = Book.objects.using("readonly")
+    seen: list[str] = []
+
+    def hook(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    async def main() -> tuple[int, int]:
+        for _ in range(3):  # trusted and served directly
+            await readonly.aget(pk=pk)
+            await readonly.filter(pk__gt=pk).acount()
+        before = fastlane.stats()["direct"]
+        with connections["readonly"].execute_wrapper(hook):
+            await readonly.aget(pk=pk)
+            await readonly.filter(pk__gt=pk).acount()
+        connection = connections["readonly"]  # as assertNumQueries does, without its connect
+        connection.force_debug_cursor = True
+        connection.queries_log.clear()
+        try:
+            await readonly.aget(pk=pk)
+            await readonly.filter(pk__gt=pk).aexists()
+        finally:
+            connection.force_debug_cursor = False
+        return fastlane.stats()["direct"] - before, len(connection.queries_log)
+
+    direct, logged = arun(main())
+    assert direct == 0
+    assert len(seen) == 2 and logged == 2
+
+
+def test_a_direct_read_raises_djangos_exception() -> None:
+    from django.db import DataError
+
+    readonly = Book.objects.using("readonly")
+    title = Book.objects.using("default").values_list("title", flat=True)[0]
+
+    async def main() -> tuple[list[str], int]:
+        before = fastlane.stats()["direct"]
+        for _ in range(2):
+            await readonly.filter(title=title).aexists()
+            await readonly.aget(title=title)
+        out = [await _aexc(readonly.filter(title="a\x00b").aexists()),
+               await _aexc(readonly.aget(title="a\x00b"))]
+        return out, fastlane.stats()["direct"] - before
+
+    got, direct = arun(main())
+    assert direct == 3  # aget's second warm-up call, then both reads below
+    for answer in got:
+        assert answer.startswith("DataError"), answer
+    with pytest.raises(DataError):
+        readonly.filter(title="a\x00b").exists()
