@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 
-from django_readonly_pool import compiled
+from django_readonly_pool import compiled, fastlane
 from django_readonly_pool.router import routing_scope
 from django_readonly_pool.testing.topology import Topology
 
@@ -31,15 +31,19 @@ def _close_thread_connections() -> None:
 
 @contextmanager
 def djangos_compiler() -> Iterator[None]:
-    """Django's own SQL compilation (the compiled-SQL cache off, its shapes kept): the
-    reference the cached paths are compared with."""
-    was = compiled.installed()
+    """Django's own query building and SQL compilation (the templates of filter()/values() and
+    the compiled-SQL cache off, their shapes kept): the reference the cached paths are compared
+    with."""
+    was, building = compiled.installed(), fastlane.build.installed()
     compiled.uninstall()
+    fastlane.build.uninstall()
     try:
         yield
     finally:
         if was:
             compiled.install()
+        if building:
+            fastlane.build.install()
 
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:

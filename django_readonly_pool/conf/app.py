@@ -51,10 +51,12 @@ class AppSettings:
     of a request only when the request opened one, instead of hopping to a
     thread for every request (True).
     ``FAST_LANE``: reuse Django's compiled SQL per query shape on pool aliases
-    (``aget(**kwargs)``, ``acount()``/``aexists()`` without building the query),
-    decode ``jsonb`` with json's C scanner, and build plain models' instances
-    without ``Model.__init__`` (True); see django_readonly_pool.compiled,
-    .fastlane, .materialise and .backend.compiler.
+    (``aget(**kwargs)``, ``acount()``/``aexists()`` without building the query,
+    a trusted shape's statement straight from the event loop), build
+    ``filter()``/``exclude()``/``values()`` of querysets bound to a pool alias
+    from templates, decode ``jsonb`` with json's C scanner, and build plain
+    models' instances without ``Model.__init__`` (True); see
+    django_readonly_pool.compiled, .fastlane, .materialise and .backend.compiler.
     ``HEALTH_DETAILS``: who gets the per-alias details of the health view:
     "staff" (active staff users, the default), "always" or "never".
     """

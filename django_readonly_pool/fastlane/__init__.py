@@ -8,6 +8,8 @@ it sent, and sends it again for later calls of that shape with their parameters:
 * :mod:`.get`: ``aget(**kwargs)`` with exact lookups on plain columns;
 * :mod:`.scalar`: ``acount()`` and ``aexists()`` of any queryset whose shape
   :mod:`django_readonly_pool.compiled` can fingerprint;
+* :mod:`.build`: ``filter()``/``exclude()`` on a pool alias's querysets, built from
+  a template per shape instead of from scratch;
 * :mod:`.fresh`: whether a queryset is as a fresh one of its model;
 * :mod:`.cache`: what they share: their tables, statistics, and whether a trusted
   statement runs straight from the event loop.
@@ -15,8 +17,9 @@ it sent, and sends it again for later calls of that shape with their parameters:
 ``READONLY_POOL["FAST_LANE"] = False`` turns it off.
 """
 
+from . import build
 from .cache import clear, stats
 from .get import fast_get
 from .scalar import fast_scalar
 
-__all__ = ["clear", "fast_get", "fast_scalar", "stats"]
+__all__ = ["build", "clear", "fast_get", "fast_scalar", "stats"]

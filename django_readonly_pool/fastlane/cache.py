@@ -19,16 +19,18 @@ from django_readonly_pool.pool import ReadPool, registry
 
 from . import fresh
 
-__all__ = ["MAX_SHAPES", "NOT_ELIGIBLE", "clear", "counts", "direct_pool", "lock", "remember", "scalars",
-           "shapes", "stats"]
+__all__ = ["MAX_SHAPES", "NOT_ELIGIBLE", "builds", "clear", "counts", "direct_pool", "lock", "remember",
+           "scalars", "shapes", "stats"]
 
 MAX_SHAPES: Final = 2048
 NOT_ELIGIBLE: Final = object()  # a shape that takes Django's path for good
 
 lock = threading.Lock()
-counts = {"hits": 0, "misses": 0, "ineligible": 0, "direct": 0}
+counts = {"hits": 0, "misses": 0, "ineligible": 0, "direct": 0, "built_from_template": 0,
+          "built_by_django": 0}
 shapes: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # aget(**kwargs), by shape
 scalars: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # count() / exists(), by shape
+builds: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # filter() / exclude() templates, by shape
 
 
 def stats() -> dict[str, int]:
@@ -42,6 +44,7 @@ def clear(**kwargs: Any) -> None:
     with lock:
         shapes.clear()
         scalars.clear()
+        builds.clear()
         fresh.forget()
 
 
