@@ -19,6 +19,11 @@ signals, which is what :func:`from_db` does for reads that run in the bridge
   every call: receivers connected at run time count);
 * the row holds every concrete field (no deferred field).
 
+The fields are assigned by a function compiled once per model class,
+``new.id, new.name, ... = values``: one attribute store per field, in order,
+through the same descriptors as ``setattr`` (a foreign key's attname through
+``ForeignKeyDeferredAttribute.__set__``), without a ``setattr()`` call each.
+
 The instance's ``__dict__`` is then what ``Model.__init__`` and ``from_db()``
 leave: ``_state`` (``adding`` False, ``db`` the alias, ``fetch_mode`` when Django
 passes one) followed by the fields in order. ``READONLY_POOL["FAST_LANE"] =
@@ -28,6 +33,8 @@ False`` turns this off with the fast lane.
 from __future__ import annotations
 
 import inspect
+import keyword
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import DEFERRED, Model
@@ -38,23 +45,47 @@ from django.db.models.signals import post_init, pre_init
 
 from .bridge import in_bridge
 
-__all__ = ["from_db", "install", "installed", "uninstall"]
+__all__ = ["from_db", "install", "installed", "plain", "uninstall"]
 
 _PLAIN_DESCRIPTORS = (DeferredAttribute, ForeignKeyDeferredAttribute)
 _model_init = Model.__init__
 _stock: Any = Model.__dict__["from_db"]  # Django's classmethod, restored by uninstall()
 _django_from_db = _stock.__func__
 _new = object.__new__
-_setattr = setattr
-# Per model class: the concrete fields' attnames when it is plain, () when it is not.
-_plans: dict[type, tuple[str, ...]] = {}
+# ModelState() is object.__new__(ModelState) while it defines no __init__ or __new__ of its own.
+_PLAIN_STATE = ModelState.__init__ is object.__init__ and ModelState.__new__ is object.__new__
+# Per model class: (number of fields, its builder) when it is plain, _NOT_PLAIN when it is not.
+_plans: dict[type, tuple[int, Callable[..., Model]]] = {}
 
 
-def _plan(cls: type[Model]) -> tuple[str, ...]:
+def _builder(cls: type[Model], attnames: list[str]) -> Callable[..., Model]:
+    """``make(db, values, fetch_mode)`` for *cls*: a new instance, its ``ModelState``, then each
+    field assigned in order (``new.id, new.name, ... = values``: one attribute store each, as
+    ``Model.__init__``'s ``setattr`` calls, through the same descriptors), then the state."""
+    targets = "".join(f"new.{name}, " for name in attnames)
+    source = (
+        "def make(db, values, fetch_mode):\n"
+        "    new = _new(cls)\n"
+        "    new._state = state = _new(ModelState)\n"
+        f"    {targets}= values\n"
+        "    state.adding = False\n"
+        "    state.db = db\n"
+        "    if fetch_mode is not None:\n"
+        "        state.fetch_mode = fetch_mode\n"
+        "    return new\n"
+    )
+    namespace: dict[str, Any] = {"_new": _new, "ModelState": ModelState, "cls": cls}
+    exec(compile(source, f"<django_readonly_pool.materialise: {cls.__qualname__}>", "exec"), namespace)
+    return namespace["make"]  # type: ignore[no-any-return]
+
+
+def _plan(cls: type[Model]) -> tuple[int, Callable[..., Model]]:
     opts = cls._meta
     mro = cls.__mro__
+    attnames = [f.attname for f in opts.concrete_fields]
     plain = (
-        not opts.abstract
+        _PLAIN_STATE
+        and not opts.abstract
         and cls.__init__ is _model_init
         and cls.__new__ is _new
         and cls.__setattr__ is object.__setattr__
@@ -62,10 +93,16 @@ def _plan(cls: type[Model]) -> tuple[str, ...]:
         and not any("__init__" in k.__dict__ for k in mro[mro.index(Model) + 1:-1])
         and all(type(inspect.getattr_static(cls, f.attname, None)) in _PLAIN_DESCRIPTORS
                 for f in opts.concrete_fields)
+        and all(name.isidentifier() and not keyword.iskeyword(name) for name in attnames)
     )
-    plan = tuple(f.attname for f in opts.concrete_fields) if plain else ()
+    plan = (len(attnames), _builder(cls, attnames)) if plain else _NOT_PLAIN
     _plans[cls] = plan
     return plan
+
+
+def plain(cls: type[Model]) -> bool:
+    """True when rows of *cls* read on the pool are built without ``Model.__init__``."""
+    return (_plans.get(cls) or _plan(cls)) is not _NOT_PLAIN
 
 
 def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, *, fetch_mode: Any = None) -> Model:
@@ -73,22 +110,21 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, *, 
     plan = _plans.get(cls)
     if plan is None:
         plan = _plan(cls)
-    if (not plan or len(values) != len(plan) or not in_bridge() or cls.__init__ is not _model_init
+    if (len(values) != plan[0] or not in_bridge() or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
             or (post_init.receivers and post_init.has_listeners(cls))):
         return _stock_from_db(cls, db, field_names, values, fetch_mode)
     for value in values:  # by identity, as Model.__init__ looks for it: "in" would call
         if value is DEFERRED:  # Decimal's ==, which asks numbers' ABCs about DEFERRED
             return _stock_from_db(cls, db, field_names, values, fetch_mode)
-    new = _new(cls)
-    new._state = state = ModelState()
-    for name, value in zip(plan, values, strict=False):  # the lengths are equal: checked above
-        _setattr(new, name, value)  # as Model.__init__ does (no __dict__ made for plain attributes)
-    state.adding = False  # then as from_db() does
-    state.db = db
-    if fetch_mode is not None:  # Django 6.1+
-        state.fetch_mode = fetch_mode
-    return new
+    return plan[1](db, values, fetch_mode)
+
+
+def _stock_only(*args: Any) -> Model:
+    raise AssertionError("not a plain model")  # never called: no row has -1 values
+
+
+_NOT_PLAIN: tuple[int, Callable[..., Model]] = (-1, _stock_only)
 
 
 def _stock_from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, fetch_mode: Any) -> Model:
