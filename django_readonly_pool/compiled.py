@@ -301,6 +301,15 @@ _FINGERPRINTS: Final[dict[str, Any]] = {
         "low_mark", "high_mark", "default_cols", "default_ordering", "standard_ordering", "distinct",
         "subquery", "max_depth", "alias_cols", "select_for_update", "group_by")},
 }
+# Of those, the ones that usually hold a plain scalar: taken as they are, without a call
+# (what _frozen() gives them too).
+_SCALAR_ATTRS: Final = frozenset({"low_mark", "high_mark", "default_cols", "default_ordering", "standard_ordering",
+                                  "distinct", "subquery", "max_depth", "alias_cols", "select_for_update",
+                                  "group_by"})
+_PLAIN_SCALARS: Final = frozenset({int, str, bool, type(None)})
+# An empty container's fingerprint depends on its type alone, and holds no parameter and no
+# object to pin (checked for every fingerprint above): ("empty", type), without a call.
+_CONTAINERS: Final = frozenset({dict, tuple, list, set, frozenset})
 
 
 def _fresh_vars(model: Any) -> dict[str, Any]:
@@ -335,8 +344,15 @@ def shape(compiler: Any, *args: Any) -> Found | None:
             fingerprint = _FINGERPRINTS.get(name)
             if fingerprint is not None:
                 parts.append(name)
-                parts.append(fingerprint(walk, query, value))
-            elif name not in _DERIVED and not _is_default(query, fresh, name, value):
+                kind = type(value)
+                if kind in _PLAIN_SCALARS and name in _SCALAR_ATTRS:
+                    parts.append(value)
+                elif kind in _CONTAINERS and not value:
+                    parts.append(("empty", kind))
+                else:
+                    parts.append(fingerprint(walk, query, value))
+            elif (name not in _DERIVED and fresh.get(name, _MISSING) is not value
+                  and not _is_default(query, fresh, name, value)):
                 raise _Unknown
     except (_Unknown, EmptyResultSet, FullResultSet):
         _stats["ineligible"] += 1
