@@ -231,3 +231,20 @@ def test_async_reads_of_templated_querysets_equal_the_sync_orm() -> None:
             qs = Book.objects.using("readonly").filter(pages__gt=pages).exclude(in_print=False).order_by("pk")
             expected.append(([b.pk for b in qs], qs.count(), qs.exists(), list(qs.values_list("pk", "title")[:3])))
     assert got == expected
+
+
+def test_a_lookup_registered_later_is_djangos() -> None:
+    from django.db.models import CharField
+    from django.db.models.lookups import Exact
+    from django.test.utils import register_lookup
+
+    class Shouting(Exact):
+        lookup_name = "exact"
+
+        def get_prep_lookup(self) -> Any:
+            return str(super().get_prep_lookup()).upper()
+
+    make = lambda v: books().filter(title=v)  # noqa: E731
+    check(make, ["a", "b", "c"], ["Book 000 %_"])  # trusted and used
+    with register_lookup(CharField, Shouting):
+        check(make, [], ["Book 001", "book 002"], from_template=False)

@@ -45,7 +45,8 @@ class DjangoPath(Exception):
 class Plan:
     """A shape's template: the WHERE children the step adds and what else it leaves."""
 
-    children: tuple[Any, ...]  # specs: ("slot", i, class, lhs), ("leaf", lookup), ("node", conn, neg, specs)
+    # specs: ("slot", i, class, lhs, lookup name), ("leaf", lookup), ("node", conn, neg, specs)
+    children: tuple[Any, ...]
     changed: tuple[tuple[str, Any, Callable[[Any], Any]], ...]  # (attribute, template's value, copier)
     empty_is_null: bool  # the default database reads '' as NULL (Oracle): '' takes Django's path
     checked: int = 0  # Django's builds this template matched, after the first
@@ -192,7 +193,7 @@ def _spec(child: Any, targets: list[tuple[Any, str]], values: list[Any], claimed
              and _same_leaf(child, type(child)(child.lhs, values[i]))]
     if len(found) == 1 and found[0] not in claimed:
         claimed.add(found[0])
-        return ("slot", found[0], type(child), child.lhs)
+        return ("slot", found[0], type(child), child.lhs, child.lookup_name)
     if not found and isinstance(child, IsNull) and child.rhs is False:
         return ("leaf", child)  # exclude()'s "col IS NOT NULL" of a nullable column
     raise DjangoPath
@@ -235,12 +236,15 @@ def learn(query: Any, q: Q | None, values: list[Any], state: Before) -> Plan:
 def _rebuild(spec: Any, values: list[Any], empty_is_null: bool) -> Any:
     kind = spec[0]
     if kind == "slot":
+        cls, lhs = spec[2], spec[3]
+        if lhs.get_lookup(spec[4]) is not cls:
+            raise DjangoPath  # a lookup registered since (register_lookup()): Django resolves it
         value = values[spec[1]]
         if type(value) in _SEQUENCES:
             if any(v is None for v in value):
                 raise DjangoPath
             value = type(value)(value)  # resolve_lookup_value() copies a list or tuple
-        leaf = spec[2](spec[3], value)
+        leaf = cls(lhs, value)
         rhs = leaf.rhs
         if rhs is None or (empty_is_null and rhs == "") or hasattr(rhs, "resolve_expression"):
             raise DjangoPath  # Django builds another tree (IS NULL) or raises
