@@ -286,3 +286,29 @@ def test_a_direct_read_raises_djangos_exception() -> None:
         assert answer.startswith("DataError"), answer
     with pytest.raises(DataError):
         readonly.filter(title="a\x00b").exists()
+
+
+def test_an_exact_lookup_registered_later_is_djangos() -> None:
+    from django.db.models import CharField
+    from django.db.models.lookups import Exact
+    from django.test.utils import register_lookup
+
+    class Insensitive(Exact):
+        lookup_name = "exact"
+
+        def get_db_prep_lookup(self, value: Any, connection: Any) -> Any:
+            return ("%s", [str(value).upper()])
+
+        def as_sql(self, compiler: Any, connection: Any) -> Any:
+            lhs, lhs_params = self.process_lhs(compiler, connection)
+            rhs, rhs_params = self.process_rhs(compiler, connection)
+            return f"UPPER({lhs}) = {rhs}", [*lhs_params, *rhs_params]
+
+    title = Book.objects.using("default").order_by("pk").values_list("title", flat=True)[3]
+    readonly = Book.objects.using("readonly")
+    in_order([(lambda: readonly.get(title=title), lambda: readonly.aget(title=title))] * 3)
+    with register_lookup(CharField, Insensitive):
+        lower = title.lower()
+        in_order([(lambda: _exc(lambda: norm(readonly.get(title=lower))),
+                   lambda: _aexc(_norm_async(readonly.aget(title=lower))))])
+        assert "no exception" in _exc(lambda: readonly.get(title=lower))  # the custom lookup matched

@@ -96,11 +96,14 @@ def _prep(field: Any, connection: Any) -> Callable[[Any], Any]:
     """Prepare a value as Django's exact lookup does; raise _DjangoPath where Django
     would answer without a query (out of the column's range) or raise."""
     target = field.target_field if field.is_relation else field
-    checked = issubclass(field.get_lookup("exact"), IntegerFieldOverflow)
+    exact = field.get_lookup("exact")
+    checked = issubclass(exact, IntegerFieldOverflow)
     low, high = connection.ops.integer_field_range(field.get_internal_type()) if checked else (None, None)
-    get_prep_value, get_db_prep_value = target.get_prep_value, target.get_db_prep_value
+    get_prep_value, get_db_prep_value, get_lookup = target.get_prep_value, target.get_db_prep_value, field.get_lookup
 
     def prep(value: Any) -> Any:
+        if get_lookup("exact") is not exact:  # an exact lookup registered since: Django's
+            raise _DjangoPath
         try:
             prepared = get_prep_value(value)
             if checked and isinstance(prepared, int) and (
