@@ -46,12 +46,14 @@ class ReadOnlyPoolConfig(AppConfig):
         setting_changed.connect(aliases.forget, dispatch_uid="readonly_pool_aliases")
         setting_changed.connect(fastlane.clear, dispatch_uid="readonly_pool_fastlane")
         setting_changed.connect(compiled.follow_settings, dispatch_uid="readonly_pool_compiled")
+        setting_changed.connect(fastlane.build.follow_settings, dispatch_uid="readonly_pool_build")
         setting_changed.connect(orm.follow_settings, dispatch_uid="readonly_pool_orm")
         try:
             settings = app_settings()
         except ConfigurationError:
             settings = AppSettings()  # the system check reports the bad setting
         compiled.follow_settings()
+        fastlane.build.follow_settings()
         if settings.async_orm:
             orm.install()
         if settings.skip_request_thread_hop:

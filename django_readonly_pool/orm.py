@@ -133,14 +133,11 @@ def _follow(name: str) -> None:
 
 
 def _follow_fast_lane() -> None:
-    """FAST_LANE also chooses how rows read on the pool become instances, and whether a pool
-    alias's filters are built from templates."""
+    """FAST_LANE also chooses how rows read on the pool become instances."""
     if _fast_lane():
         materialise.install()
-        fastlane.build.install()
     else:
         materialise.uninstall()
-        fastlane.build.uninstall()
 
 
 async def _fetch_all(qs: Any) -> None:
@@ -307,7 +304,6 @@ def uninstall() -> None:
         setattr(owner, name, value)
     _stock.clear()
     materialise.uninstall()
-    fastlane.build.uninstall()
 
 
 def follow_settings(**kwargs: Any) -> None:

@@ -8,8 +8,9 @@ it sent, and sends it again for later calls of that shape with their parameters:
 * :mod:`.get`: ``aget(**kwargs)`` with exact lookups on plain columns;
 * :mod:`.scalar`: ``acount()`` and ``aexists()`` of any queryset whose shape
   :mod:`django_readonly_pool.compiled` can fingerprint;
-* :mod:`.build`: ``filter()``/``exclude()`` on a pool alias's querysets, built from
-  a template per shape instead of from scratch;
+* :mod:`.build` and :mod:`.template`: ``filter()``/``exclude()``/``values()`` of
+  querysets bound to a pool alias, built from a template per shape instead of
+  from scratch;
 * :mod:`.fresh`: whether a queryset is as a fresh one of its model;
 * :mod:`.cache`: what they share: their tables, statistics, and whether a trusted
   statement runs straight from the event loop.

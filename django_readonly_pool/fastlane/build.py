@@ -49,11 +49,13 @@ from django.db.models import Q
 from django.db.models.query import PROHIBITED_FILTER_KWARGS, QuerySet
 
 from django_readonly_pool.aliases import is_pool_alias
+from django_readonly_pool.conf import app_settings
+from django_readonly_pool.errors import ConfigurationError
 
 from .cache import NOT_ELIGIBLE, builds, counts, lock, remember
 from .template import Before, DjangoPath, Plan, learn, q_shape, query_shape, replay, same_query
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["follow_settings", "install", "installed", "uninstall"]
 
 _TRUST_AFTER: Final = 2  # Django's own builds compared with the template's, after the first
 # Django's private methods this module stands in for (QuerySet.filter()/exclude()/get() and
@@ -158,3 +160,18 @@ def uninstall() -> None:
 
 def installed() -> bool:
     return QuerySet.__dict__["_filter_or_exclude_inplace"] is not _stock_filter
+
+
+def follow_settings(**kwargs: Any) -> None:
+    """``ready()`` and the ``setting_changed`` receiver: installed while ``FAST_LANE`` is on
+    (with or without ``ASYNC_ORM``: a sync read on a pool alias uses the templates too)."""
+    if kwargs.get("setting") not in (None, "READONLY_POOL"):
+        return
+    try:
+        on = app_settings().fast_lane
+    except ConfigurationError:
+        on = True  # the system check reports the bad setting
+    if on:
+        install()
+    else:
+        uninstall()
