@@ -53,6 +53,9 @@ class Plan:
     trusted: bool = False
 
 
+# What building writes whatever it held before, and what the shape's key does not hold: always
+# taken from the template (a filter's join list, the base table's cached alias).
+_WRITTEN: Final = frozenset({"_lookup_joins", "base_table"})
 # Values Django never changes in place (a Col, a table or a join is replaced, not edited).
 _ATOMS: Final = frozenset({str, int, bool, float, type(None), BaseTable, Join, Col})
 
@@ -213,7 +216,7 @@ def learn(query: Any, q: Q | None, values: list[Any], state: Before) -> Plan:
         if name == "where":
             continue
         old = saved.get(name, before.get(name, NOT_ELIGIBLE))
-        if old is value or (name in saved and type(old) is type(value) and old == value):
+        if name not in _WRITTEN and (old is value or (name in saved and type(old) is type(value) and old == value)):
             continue
         copy = copier(value)
         changed.append((name, copy(value), copy))
