@@ -21,6 +21,13 @@ __all__ = ["forget", "untouched"]
 
 _MISSING: Final = object()
 _NOT_SHAPE_ATTRS: Final = frozenset({"_query", "_db"})  # the alias is part of the key
+# What every class's namespace holds about the class itself, not behaviour (Python 3.13 adds
+# __firstlineno__ and __static_attributes__; a generic subclass, __orig_bases__ ...).
+_CLASS_METADATA: Final = frozenset({
+    "__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__firstlineno__",
+    "__static_attributes__", "__annotations__", "__annotate__", "__annotate_func__", "__annotations_cache__",
+    "__orig_bases__", "__parameters__", "__type_params__", "__classcell__",
+})
 _fresh: dict[type[Model], tuple[dict[str, Any], dict[str, Any]]] = {}
 _plain_classes: dict[type[Any], bool] = {}
 
@@ -47,11 +54,11 @@ def _class_default(cls: type[Any], name: str) -> Any:
     return _MISSING
 
 
-def _at_defaults(obj: Any, cls: type[Any], defaults: dict[str, Any]) -> bool:
-    """Every instance attribute of *obj* (a chained clone sets some to their class's
-    value) equals a fresh object's."""
+def _at_defaults(obj: Any, cls: type[Any], defaults: dict[str, Any], skip: frozenset[str]) -> bool:
+    """Every instance attribute of *obj* but *skip* (a chained clone sets some to their
+    class's value) equals a fresh object's."""
     for name, value in vars(obj).items():
-        if name in _NOT_SHAPE_ATTRS:
+        if name in skip:
             continue
         default = defaults.get(name, _MISSING)
         if default is _MISSING:
@@ -65,7 +72,7 @@ def _plain_class(cls: type[Any]) -> bool:
     """True when *cls* (a QuerySet subclass) overrides nothing of Django's QuerySet."""
     plain = _plain_classes.get(cls)
     if plain is None:
-        django_names = set(vars(QuerySet)) - {"__module__", "__qualname__", "__doc__", "__dict__", "__weakref__"}
+        django_names = set(vars(QuerySet)) - _CLASS_METADATA
         plain = _plain_classes[cls] = all(
             not django_names.intersection(vars(klass)) for klass in cls.__mro__
             if klass is not QuerySet and issubclass(klass, QuerySet)
@@ -73,8 +80,9 @@ def _plain_class(cls: type[Any]) -> bool:
     return plain
 
 
-def untouched(qs: QuerySet[Any]) -> bool:
-    """The queryset and its Query are as a fresh one of the model (alias aside)."""
+def untouched(qs: QuerySet[Any], query_may_differ: frozenset[str] = frozenset()) -> bool:
+    """The queryset and its Query are as a fresh one of the model (alias aside), but for the
+    Query's attributes in *query_may_differ* (the caller's key holds them)."""
     cls = type(qs)
     if cls is not QuerySet and not _plain_class(cls):
         return False
@@ -83,4 +91,5 @@ def untouched(qs: QuerySet[Any]) -> bool:
         return False
     model = qs.model
     queryset_defaults, query_defaults = _fresh.get(model) or _defaults(model)
-    return _at_defaults(qs, QuerySet, queryset_defaults) and _at_defaults(query, Query, query_defaults)
+    return (_at_defaults(qs, QuerySet, queryset_defaults, _NOT_SHAPE_ATTRS)
+            and _at_defaults(query, Query, query_defaults, query_may_differ))
