@@ -141,6 +141,7 @@ def test_every_case_also_runs_cold() -> None:
         assert arun(sent(make, probe)) == djangos(make, probe), name
 
 
+FAST_GETS = {"select_related"}
 SERVED = ["select_related", "values_list", "only", "across a join", "reverse join", "exclude", "or",
           "contains wildcards", "range", "decimal as str", "a model for a foreign key",
           "count, annotated"]
@@ -152,9 +153,10 @@ def test_reads_people_write_are_served_from_the_cache(name: str) -> None:
     make, warm, probe = CASES[name]
     before, fast_before = compiled.stats()["hits"], fastlane.stats()["hits"]
     warmed_then(make, warm, probe)
-    # The third warm call and the probe: served from a trusted shape.
-    if name in SCALARS:
-        assert fastlane.stats()["hits"] - fast_before == 2
+    # The third warm call and the probe: served from a trusted shape (the fast lane's own, for
+    # count()/exists() and aget(), select_related() included: no compilation at all).
+    if name in SCALARS or name in FAST_GETS:
+        assert fastlane.stats()["hits"] - fast_before >= 2
     else:
         assert compiled.stats()["hits"] - before >= 2
 

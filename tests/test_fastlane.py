@@ -17,7 +17,7 @@ from django.test import override_settings
 from django_readonly_pool import fastlane
 from tests.conftest import arun
 from tests.test_equivalence import _aexc, _exc, norm
-from tests.testapp.models import Author, Book
+from tests.testapp.models import Author, Book, Review
 
 pytestmark = pytest.mark.usefixtures("seeded", "db_access")
 
@@ -312,3 +312,41 @@ def test_an_exact_lookup_registered_later_is_djangos() -> None:
         in_order([(lambda: _exc(lambda: norm(readonly.get(title=lower))),
                    lambda: _aexc(_norm_async(readonly.aget(title=lower))))])
         assert "no exception" in _exc(lambda: readonly.get(title=lower))  # the custom lookup matched
+
+
+# -- select_related().aget(): the fast lane with Django's related populators -------- #
+
+
+@pytest.mark.filterwarnings("ignore:Calling select_related\\(\\) with no arguments")  # Django 6.1
+@pytest.mark.parametrize("make", [
+    lambda: Book.objects.using("readonly").select_related("author"),
+    lambda: Book.objects.using("readonly").select_related(),
+    lambda: Review.objects.using("readonly").select_related("book__author"),
+    lambda: Review.objects.using("readonly").select_related("book"),
+], ids=["fk", "all", "nested", "one-level"])
+def test_select_related_aget_takes_the_fast_lane_with_djangos_answer(make: Callable[[], Any]) -> None:
+    model = make().model
+    ids = list(model.objects.using("default").order_by("pk").values_list("pk", flat=True)[:5])
+    calls = [(lambda pk=pk: make().get(pk=pk), lambda pk=pk: make().aget(pk=pk)) for pk in ids]
+    calls += [(lambda: _exc(lambda: make().get(pk=-1)), lambda: _aexc(make().aget(pk=-1)))]
+    before = fastlane.stats()
+    in_order(calls)
+    after = fastlane.stats()
+    assert after["hits"] - before["hits"] == len(ids)  # the first call teaches the shape
+    assert after["direct"] - before["direct"] == len(ids)
+
+
+def test_select_related_shapes_do_not_mix() -> None:
+    pk = pks()[3]
+    readonly = Book.objects.using("readonly")
+    plain = (lambda: readonly.get(pk=pk), lambda: readonly.aget(pk=pk))
+    related = (lambda: readonly.select_related("author").get(pk=pk),
+               lambda: readonly.select_related("author").aget(pk=pk))
+    shapes_in_both_orders(plain, related)
+
+    async def cached() -> list[bool]:
+        book = await readonly.select_related("author").aget(pk=pk)
+        other = await readonly.aget(pk=pk)
+        return [Book.author.is_cached(book), Book.author.is_cached(other)]
+
+    assert arun(cached()) == [True, False]

@@ -12,12 +12,19 @@ statement goes through Django's own cursor wrapper whenever that adds anything
 A call takes the fast lane only when nothing could make its SQL or its result
 differ from an untouched queryset's:
 
-* the queryset is as a fresh one of the model (:mod:`.fresh`), and its class is
-  part of the cache key;
+* the queryset is as a fresh one of the model (:mod:`.fresh`), but for a
+  ``select_related()``, and its class and ``select_related()`` tree are part of
+  the cache key; the related instances are built by Django's own
+  ``RelatedPopulator`` objects (made once per shape from Django's compilation),
+  as its ``ModelIterable`` builds them;
 * every keyword is ``pk``, a concrete column, or a foreign key's attname
   (``author_id``), optionally with ``__exact``, whose exact lookup is Django's own
   (``Exact``, ``IntegerFieldExact``, ``RelatedExact``), and no value is None, an
   expression, a queryset or a model.
+
+The field's exact lookup is checked on every call (one registered since takes
+Django's path), and Django 6.1's fetch mode is passed to ``from_db()`` as its
+``ModelIterable`` passes it (a mode that tracks peers takes Django's path).
 
 A shape is cached only after checking, on its first compilation, that the
 parameters prepared here are exactly those Django produced. Values are prepared
@@ -29,6 +36,7 @@ internal ``EmptyResultSet``/``FullResultSet`` never escape.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,7 +45,7 @@ from django.db import connections
 from django.db.models import Model
 from django.db.models.fields.related_lookups import RelatedExact
 from django.db.models.lookups import Exact, IntegerFieldExact, IntegerFieldOverflow
-from django.db.models.query import MAX_GET_RESULTS, QuerySet
+from django.db.models.query import MAX_GET_RESULTS, QuerySet, get_related_populators
 
 from django_readonly_pool import bridge
 from django_readonly_pool.pool import ReadPool
@@ -50,6 +58,11 @@ __all__ = ["fast_get"]
 _EXACT_LOOKUPS: Final = (Exact, IntegerFieldExact, RelatedExact)
 
 
+# Django 6.1 passes the queryset's fetch mode to from_db() and to select_related()'s populators.
+_FETCH_MODES: Final = "fetch_mode" in inspect.signature(get_related_populators).parameters
+_MAY_DIFFER: Final = frozenset({"select_related"})  # from a fresh Query: part of the key
+
+
 @dataclass(frozen=True, slots=True)
 class _Shape:
     sql: str
@@ -59,6 +72,9 @@ class _Shape:
     converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
     model: type[Model]
     alias: str
+    end: int  # the model's columns are row[:end]; select_related()'s follow
+    populators: tuple[Any, ...]  # Django's RelatedPopulator per select_related() relation
+    fetch_mode: dict[str, Any]  # from_db()'s keyword (Django 6.1+), as Django's ModelIterable passes it
 
 
 class _DjangoPath(Exception):
@@ -141,25 +157,45 @@ def _compile(qs: QuerySet[Any], alias: str, kwargs: dict[str, Any]) -> Any:
         return NOT_ELIGIBLE
     select = compiler.select
     klass_info = compiler.klass_info
-    if compiler.annotation_col_map or not klass_info or klass_info.get("related_klass_infos"):
+    if compiler.annotation_col_map or not klass_info:
         return NOT_ELIGIBLE
     start, end = klass_info["select_fields"][0], klass_info["select_fields"][-1] + 1
-    if start != 0 or end != len(select):
+    related = klass_info.get("related_klass_infos")
+    if start != 0 or (end != len(select) and not related):
         return NOT_ELIGIBLE
-    converters = compiler.get_converters([f[0] for f in select[start:end]])
+    fetch_mode = getattr(qs, "_fetch_mode", None)
+    if getattr(fetch_mode, "track_peers", False) or (
+            _FETCH_MODES and getattr(model.from_db, "__func__", None) is not getattr(Model.from_db, "__func__", None)):
+        return NOT_ELIGIBLE  # peers to track, a from_db() of the model's own: Django's ModelIterable
+    args = (klass_info, select, alias, fetch_mode) if _FETCH_MODES else (klass_info, select, alias)
+    converters = compiler.get_converters([f[0] for f in select])
     return _Shape(
         sql=sql, preps=preps, keys=keys, init_list=[f[0].target.attname for f in select[start:end]],
         converters=tuple((pos, tuple(convs), expr) for pos, (convs, expr) in converters.items()),
-        model=model, alias=alias,
+        model=model, alias=alias, end=end, populators=tuple(get_related_populators(*args)) if related else (),
+        fetch_mode={"fetch_mode": fetch_mode} if _FETCH_MODES else {},
     )
+
+
+def _related_key(value: Any) -> Any:
+    """select_related()'s tree as part of the key (False, True, or nested dicts)."""
+    if type(value) is bool:
+        return value
+    if type(value) is not dict:
+        raise _DjangoPath
+    return tuple((name, _related_key(inner)) for name, inner in value.items())
 
 
 def fast_get(qs: QuerySet[Any], alias: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any] | None:
     """An awaitable doing ``qs.get(**kwargs)`` on the pool of *alias*, or None (Django's path)."""
-    if args or not kwargs or not _values_ok(kwargs) or not untouched(qs):
+    if args or not kwargs or not _values_ok(kwargs) or not untouched(qs, _MAY_DIFFER):
         counts["ineligible"] += 1
         return None
-    key = (qs.model, alias, type(qs), *sorted(kwargs))
+    try:
+        key = (qs.model, alias, type(qs), _related_key(qs._query.select_related), *sorted(kwargs))  # type: ignore[attr-defined]
+    except _DjangoPath:
+        counts["ineligible"] += 1
+        return None
     shape = shapes.get(key)
     if shape is NOT_ELIGIBLE:
         counts["ineligible"] += 1
@@ -210,6 +246,7 @@ async def _run_direct(shape: _Shape, params: list[Any], connection: Any, pool: R
 def _instance(shape: _Shape, rows: Any, connection: Any) -> Any:
     """``get()``'s answer from the rows: the instance, DoesNotExist or MultipleObjectsReturned."""
     model, alias, init_list, converters = shape.model, shape.alias, shape.init_list, shape.converters
+    populators, fetch_mode = shape.populators, shape.fetch_mode
     objs = []
     for row in rows:
         if converters:
@@ -219,7 +256,10 @@ def _instance(shape: _Shape, rows: Any, connection: Any) -> Any:
                 for converter in convs:
                     value = converter(value, expression, connection)
                 row[pos] = value
-        objs.append(model.from_db(alias, init_list, row))
+        obj = model.from_db(alias, init_list, row[:shape.end] if populators else row, **fetch_mode)
+        for populator in populators:  # as Django's ModelIterable does for select_related()
+            populator.populate(row, obj)
+        objs.append(obj)
     num = len(objs)
     if num == 1:
         return objs[0]
