@@ -194,22 +194,37 @@ def test_unsafe_request_sets_the_pin_cookie(note: Note) -> None:
     assert Client().get(f"/notes/{note.pk}").json()["db"] == "readonly"
 
 
-def test_forged_or_expired_cookies_are_ignored(note: Note) -> None:
-    from django.core import signing
+def _genuine_pin() -> str:
+    """A pin cookie as the middleware sets it (Django's signing, whatever its version's salts)."""
+    from django.http import HttpResponse
 
     from django_readonly_pool.middleware import SALT
 
-    signer = signing.get_cookie_signer(salt="readonly_pool_pin" + SALT)
-    expired = signing.Signer.sign(signer, f"1:{signing.b62_encode(int(time.time()) - 3600)}")
+    response = HttpResponse()
+    response.set_signed_cookie("readonly_pool_pin", "1", salt=SALT)
+    return response.cookies["readonly_pool_pin"].value
+
+
+def test_forged_or_expired_cookies_are_ignored(note: Note) -> None:
+    from django.core import signing
+
+    genuine = _genuine_pin()
     other_salt = signing.get_cookie_signer(salt="readonly_pool_pin").sign("1")
-    for value in (str(time.time() + 3600), str(time.time() - 1), "nonsense", "1", expired, other_salt,
-                  signer.sign("1") + "x"):
+    for value in (str(time.time() + 3600), str(time.time() - 1), "nonsense", "1", other_salt, genuine + "x",
+                  genuine.replace("1", "2", 1)):
         client = Client()
         client.cookies["readonly_pool_pin"] = value
         assert client.get(f"/notes/{note.pk}").json()["db"] == "readonly", value
-    genuine = Client()
-    genuine.cookies["readonly_pool_pin"] = signer.sign("1")
-    assert genuine.get(f"/notes/{note.pk}").json()["db"] == "default"
+    pinned = Client()
+    pinned.cookies["readonly_pool_pin"] = genuine
+    assert pinned.get(f"/notes/{note.pk}").json()["db"] == "default"
+    # The same genuine cookie, once older than STICKY_SECONDS, pins nothing.
+    with override_settings(READONLY_POOL={**settings.READONLY_POOL, "STICKY_SECONDS": 1}):
+        expired = _genuine_pin()
+        time.sleep(2.1)  # the signature's timestamp has a resolution of one second
+        client = Client()
+        client.cookies["readonly_pool_pin"] = expired
+        assert client.get(f"/notes/{note.pk}").json()["db"] == "readonly"
 
 
 def test_the_pin_cookie_is_signed(note: Note) -> None:
