@@ -5,9 +5,10 @@ calls ``cls(*values)``: ``Model.__init__`` sends ``pre_init``, makes the
 ``ModelState``, sets each field with ``setattr`` and sends ``post_init``. For a
 model that nothing customises, that is the same as making the ``ModelState``
 and setting the fields in order, with neither the argument handling nor the
-signals, which is what :func:`from_db` does for reads that run in the bridge
-(on the pool). It takes this path only when all of these hold, and Django's own
-``from_db()`` otherwise:
+signals, which is what :func:`from_db` does for rows read from a pool alias (the
+alias Django passes to ``from_db()``: async reads in the bridge or straight from
+the event loop, and sync reads on the alias). It takes this path only when all
+of these hold, and Django's own ``from_db()`` otherwise:
 
 * the model is concrete and defines or inherits no ``__init__``, ``__new__``,
   ``__setattr__`` or ``from_db`` of its own (nor does a class after ``Model`` in
@@ -43,7 +44,7 @@ from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttrib
 from django.db.models.query_utils import DeferredAttribute
 from django.db.models.signals import post_init, pre_init
 
-from .bridge import in_bridge
+from .aliases import is_pool_alias
 
 __all__ = ["from_db", "install", "installed", "plain", "uninstall"]
 
@@ -110,7 +111,7 @@ def from_db(cls: type[Model], db: str | None, field_names: Any, values: Any, *, 
     plan = _plans.get(cls)
     if plan is None:
         plan = _plan(cls)
-    if (len(values) != plan[0] or not in_bridge() or cls.__init__ is not _model_init
+    if (len(values) != plan[0] or not is_pool_alias(db) or cls.__init__ is not _model_init
             or (pre_init.receivers and pre_init.has_listeners(cls))
             or (post_init.receivers and post_init.has_listeners(cls))):
         return _stock_from_db(cls, db, field_names, values, fetch_mode)

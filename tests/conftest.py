@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 
-from django_readonly_pool import compiled, fastlane
+from django_readonly_pool import compiled, fastlane, materialise
 from django_readonly_pool.router import routing_scope
 from django_readonly_pool.testing.topology import Topology
 
@@ -31,12 +31,13 @@ def _close_thread_connections() -> None:
 
 @contextmanager
 def djangos_compiler() -> Iterator[None]:
-    """Django's own query building and SQL compilation (the templates of filter()/values() and
-    the compiled-SQL cache off, their shapes kept): the reference the cached paths are compared
-    with."""
-    was, building = compiled.installed(), fastlane.build.installed()
+    """Django's own query building, SQL compilation and instances (the templates of
+    filter()/values(), the compiled-SQL cache and materialise off, their shapes kept): the
+    reference the cached paths are compared with."""
+    was, building, making = compiled.installed(), fastlane.build.installed(), materialise.installed()
     compiled.uninstall()
     fastlane.build.uninstall()
+    materialise.uninstall()
     try:
         yield
     finally:
@@ -44,6 +45,8 @@ def djangos_compiler() -> Iterator[None]:
             compiled.install()
         if building:
             fastlane.build.install()
+        if making:
+            materialise.install()
 
 
 def arun(coro: Coroutine[Any, Any, T]) -> T:

@@ -1,6 +1,7 @@
 """Rows read on the pool become the same instances as Django's ``from_db()`` makes.
 
-Instances built on the fast path are compared with the sync ORM's, attribute by
+Instances built on the fast path are compared with Django's own (the sync ORM with
+this package's compiler and instance building off: ``djangos_compiler()``), attribute by
 attribute (the order of the instance's and of its ``_state``'s ``__dict__``
 included); a model that customises anything the fast path would skip must be
 built by Django (``Model.__init__`` runs, counted with ``sys.setprofile``).
@@ -21,7 +22,7 @@ from django.db.models.signals import post_init, pre_init
 from django.test import override_settings
 
 from django_readonly_pool import bridge, materialise
-from tests.conftest import arun
+from tests.conftest import arun, djangos_compiler
 from tests.testapp.models import Author, Book
 
 pytestmark = pytest.mark.usefixtures("seeded", "db_access")
@@ -107,7 +108,8 @@ async def alist(qs: Any) -> list[Any]:
 
 
 def test_a_plain_model_is_built_without_init_and_equals_djangos() -> None:
-    sync = list(Book.objects.using("readonly").order_by("pk"))
+    with djangos_compiler():
+        sync = list(Book.objects.using("readonly").order_by("pk"))
     with counting_inits() as inits:
         ours = arun(alist(Book.objects.using("readonly").order_by("pk")))
     assert inits[0] == 0 and ours
@@ -123,7 +125,8 @@ def test_plain_reads_of_every_kind_equal_djangos() -> None:
         lambda a: Book.objects.using(a).annotate(n=models.Count("tags")).order_by("pk")[:5],
     ]
     for read in reads:
-        sync = list(read("readonly"))
+        with djangos_compiler():
+            sync = list(read("readonly"))
         ours = arun(alist(read("readonly")))
         assert [state(o) for o in ours] == [state(o) for o in sync]
         for a, b in zip(ours, sync, strict=True):
@@ -133,7 +136,8 @@ def test_plain_reads_of_every_kind_equal_djangos() -> None:
 
 @pytest.mark.parametrize("model", [BuiltBook, LoadedBook, MixedBook])
 def test_a_model_that_customises_construction_is_built_by_django(model: type[Book]) -> None:
-    sync = list(model.objects.using("readonly").order_by("pk")[:3])
+    with djangos_compiler():
+        sync = list(model.objects.using("readonly").order_by("pk")[:3])
     with counting_inits() as inits:
         ours = arun(alist(model.objects.using("readonly").order_by("pk")[:3]))
     assert inits[0] >= 3
@@ -174,14 +178,15 @@ def test_a_receiver_connected_at_run_time_is_honoured(signal: Any) -> None:
 
 
 def test_deferred_fields_are_built_by_django() -> None:
-    sync = list(Book.objects.using("readonly").only("title").order_by("pk")[:3])
+    with djangos_compiler():
+        sync = list(Book.objects.using("readonly").only("title").order_by("pk")[:3])
     with counting_inits() as inits:
         ours = arun(alist(Book.objects.using("readonly").only("title").order_by("pk")[:3]))
     assert inits[0] == 3
     assert [state(o) for o in ours] == [state(o) for o in sync]
 
 
-def test_off_with_the_fast_lane_and_outside_the_bridge() -> None:
+def test_off_with_the_fast_lane_and_on_other_aliases() -> None:
     with override_settings(READONLY_POOL={**settings.READONLY_POOL, "FAST_LANE": False}):
         assert not materialise.installed()
         with counting_inits() as inits:
@@ -189,8 +194,13 @@ def test_off_with_the_fast_lane_and_outside_the_bridge() -> None:
         assert inits[0] == 3
     assert materialise.installed()
     with counting_inits() as inits:
-        list(Book.objects.using("readonly")[:3])  # the sync ORM: Django's from_db
+        list(Book.objects.using("default")[:3])  # the primary: Django's from_db
     assert inits[0] == 3
+    with counting_inits() as inits:
+        sync = list(Book.objects.using("readonly").order_by("pk")[:3])  # a sync read on the pool alias
+    assert inits[0] == 0
+    with djangos_compiler():
+        assert [state(o) for o in sync] == [state(o) for o in Book.objects.using("readonly").order_by("pk")[:3]]
 
 
 class _Uncomparable:
@@ -214,7 +224,8 @@ def test_a_value_whose_eq_raises_is_never_compared() -> None:
         obj = arun(main())
     assert inits == [0]  # DEFERRED is looked for by identity, as Model.__init__ does
     assert obj.name is odd and obj._state.db == "readonly" and obj._state.adding is False
-    assert state(obj) == state(Author.from_db("readonly", names, values))
+    with djangos_compiler():
+        assert state(obj) == state(Author.from_db("readonly", names, values))
 
 
 def test_a_deferred_value_is_built_by_django() -> None:
@@ -228,4 +239,5 @@ def test_a_deferred_value_is_built_by_django() -> None:
         obj = arun(main())
     assert inits == [1]  # Django's from_db(), through Model.__init__
     assert obj.get_deferred_fields() == {names[2]}
-    assert state(obj) == state(Author.from_db("readonly", names, values))
+    with djangos_compiler():
+        assert state(obj) == state(Author.from_db("readonly", names, values))
