@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from django.core.exceptions import EmptyResultSet, FullResultSet
@@ -107,6 +107,9 @@ class Entry:
     state: dict[str, Any]
     pins: tuple[Any, ...]  # the objects keyed by id()
     trusted: bool = False
+    # What the layers above derive once from a trusted entry's state (fastlane.fetch: how its
+    # rows become instances), by their own key.
+    derived: dict[Any, Any] = field(default_factory=dict)
 
 
 _entries: OrderedDict[tuple[Any, ...], Any] = OrderedDict()

@@ -148,8 +148,13 @@ async def _fetch_all(qs: Any) -> None:
         if source is not qs:  # fell back: the primary's rows are the answer
             qs._result_cache, qs._prefetch_done = source._result_cache, source._prefetch_done
 
-    await dispatch(qs.db, getattr(qs, "_prefetch_related_lookups", ()),
-                   lambda: bridge.call_in_bridge(qs._fetch_all, (), {}), elsewhere)
+    alias = qs.db
+
+    def on_pool() -> Awaitable[None]:
+        fast = fastlane.fast_fetch(qs, alias)
+        return fast if fast is not None else bridge.call_in_bridge(qs._fetch_all, (), {})
+
+    await dispatch(alias, getattr(qs, "_prefetch_related_lookups", ()), on_pool, elsewhere)
 
 
 def _make_aiter(owner: type) -> Callable[[Any], AsyncIterator[Any]]:

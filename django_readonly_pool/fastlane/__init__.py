@@ -8,6 +8,7 @@ it sent, and sends it again for later calls of that shape with their parameters:
 * :mod:`.get`: ``aget(**kwargs)`` with exact lookups on plain columns;
 * :mod:`.scalar`: ``acount()`` and ``aexists()`` of any queryset whose shape
   :mod:`django_readonly_pool.compiled` can fingerprint;
+* :mod:`.fetch`: ``async for`` over a queryset whose compiled statement is trusted;
 * :mod:`.build` and :mod:`.template`: ``filter()``/``exclude()``/``values()`` of
   querysets bound to a pool alias, built from a template per shape instead of
   from scratch;
@@ -20,7 +21,8 @@ it sent, and sends it again for later calls of that shape with their parameters:
 
 from . import build
 from .cache import clear, stats
+from .fetch import fast_fetch
 from .get import fast_get
 from .scalar import fast_scalar
 
-__all__ = ["build", "clear", "fast_get", "fast_scalar", "stats"]
+__all__ = ["build", "clear", "fast_fetch", "fast_get", "fast_scalar", "stats"]

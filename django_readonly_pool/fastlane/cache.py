@@ -15,18 +15,19 @@ import threading
 from collections import OrderedDict
 from typing import Any, Final
 
+from django_readonly_pool.guard import refuse_unless_read
 from django_readonly_pool.pool import ReadPool, registry
 
 from . import fresh
 
-__all__ = ["MAX_SHAPES", "NOT_ELIGIBLE", "builds", "clear", "counts", "direct_pool", "lock", "remember",
-           "scalars", "shapes", "stats"]
+__all__ = ["MAX_SHAPES", "NOT_ELIGIBLE", "builds", "clear", "counts", "direct_pool", "execute_direct", "lock",
+           "remember", "scalars", "shapes", "stats"]
 
 MAX_SHAPES: Final = 2048
 NOT_ELIGIBLE: Final = object()  # a shape that takes Django's path for good
 
 lock = threading.Lock()
-counts = {"hits": 0, "misses": 0, "ineligible": 0, "direct": 0, "built_from_template": 0,
+counts = {"hits": 0, "misses": 0, "ineligible": 0, "direct": 0, "fetched": 0, "built_from_template": 0,
           "built_by_django": 0}
 shapes: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # aget(**kwargs), by shape
 scalars: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # count() / exists(), by shape
@@ -56,11 +57,20 @@ def remember(table: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], val
             table.popitem(last=False)
 
 
+async def execute_direct(pool: ReadPool, connection: Any, sql: str, params: Any) -> list[Any]:
+    """One statement of a trusted shape on *pool*, from the event loop: its rows.
+
+    The read-only guard judges it as Django's cursor wrapper would (one lookup: the shape's SQL
+    text was judged when learnt), and driver errors are raised as Django's."""
+    refuse_unless_read(sql, params, connection.alias)
+    counts["direct"] += 1
+    with connection.wrap_database_errors:
+        rows = (await pool.execute(sql, params))[1]
+    return rows if rows is not None else []
+
+
 def direct_pool(connection: Any) -> ReadPool | None:
     """The pool a cached statement may run on straight from the event loop, or None (the bridge)."""
     if connection.execute_wrappers or connection.queries_logged:
         return None
-    pool = registry.ready(connection.alias)
-    if pool is not None:
-        counts["direct"] += 1
-    return pool
+    return registry.ready(connection.alias)

@@ -50,7 +50,7 @@ from django.db.models.query import MAX_GET_RESULTS, QuerySet, get_related_popula
 from django_readonly_pool import bridge
 from django_readonly_pool.pool import ReadPool
 
-from .cache import NOT_ELIGIBLE, counts, direct_pool, remember, shapes
+from .cache import NOT_ELIGIBLE, counts, direct_pool, execute_direct, remember, shapes
 from .fresh import untouched
 
 __all__ = ["fast_get"]
@@ -238,9 +238,7 @@ def _run(shape: _Shape, params: list[Any], connection: Any) -> Any:
 
 
 async def _run_direct(shape: _Shape, params: list[Any], connection: Any, pool: ReadPool) -> Any:
-    with connection.wrap_database_errors:  # Django's exceptions, as its cursor wrapper raises them
-        rows = (await pool.execute(shape.sql, params))[1]
-    return _instance(shape, rows, connection)
+    return _instance(shape, await execute_direct(pool, connection, shape.sql, params), connection)
 
 
 def _instance(shape: _Shape, rows: Any, connection: Any) -> Any:

@@ -22,7 +22,7 @@ from django.db.models.query import QuerySet
 from django_readonly_pool import bridge, compiled
 from django_readonly_pool.pool import ReadPool
 
-from .cache import MAX_SHAPES, NOT_ELIGIBLE, counts, direct_pool, lock, scalars
+from .cache import MAX_SHAPES, NOT_ELIGIBLE, counts, direct_pool, execute_direct, lock, scalars
 
 __all__ = ["fast_scalar"]
 
@@ -75,8 +75,7 @@ def _run_scalar(entry: _Scalar, params: tuple[Any, ...], connection: Any) -> Any
 
 
 async def _run_scalar_direct(entry: _Scalar, params: tuple[Any, ...], connection: Any, pool: ReadPool) -> Any:
-    with connection.wrap_database_errors:
-        rows = (await pool.execute(entry.sql, (*entry.prefix, *params)))[1]
+    rows = await execute_direct(pool, connection, entry.sql, (*entry.prefix, *params))
     return entry.read(rows[0] if rows else None)
 
 
