@@ -1,4 +1,4 @@
-"""``async for`` over a trusted shape: rows read from the event loop, Django's instances.
+"""``async for`` over a trusted shape: rows read from the event loop, Django's results.
 
 Every read here is compared with Django's own (the sync ORM with this package's
 compiler, templates and instance building off), instance by instance: its class,
@@ -69,7 +69,12 @@ READONLY = "readonly"
     lambda: Book.objects.using(READONLY).defer("data", "keywords").order_by("pk")[:5],
     lambda: Author.objects.using(READONLY).filter(name__startswith="nobody"),  # no rows
     lambda: Book.objects.using(READONLY).extra(select={"one": "1"}).order_by("pk")[:3],
-], ids=["plain", "filtered", "select_related", "nested", "annotated", "only", "defer", "empty", "extra-select"])
+    lambda: Book.objects.using(READONLY).filter(pk__gt=3).order_by("pk").values_list("pk", "title", "price")[:9],
+    lambda: Book.objects.using(READONLY).order_by("pk").values_list("published", "data", "author__name")[:5],
+    lambda: Book.objects.using(READONLY).order_by("-pk").values_list("data", flat=True)[:5],
+    lambda: Book.objects.using(READONLY).filter(pages__gt=10**9).values_list("pk", flat=True),
+], ids=["plain", "filtered", "select_related", "nested", "annotated", "only", "defer", "empty", "extra-select",
+        "values_list", "values_list-converted", "flat", "flat-empty"])
 def test_trusted_shapes_are_fetched_with_djangos_instances(make: Callable[[], Any]) -> None:
     compare(make, fetched=True)
 
@@ -77,9 +82,10 @@ def test_trusted_shapes_are_fetched_with_djangos_instances(make: Callable[[], An
 @pytest.mark.parametrize("make", [
     lambda: Book.objects.using(READONLY).prefetch_related("tags").order_by("pk")[:3],
     lambda: Book.objects.using(READONLY).values("pk", "title").order_by("pk")[:3],
+    lambda: Book.objects.using(READONLY).values_list("pk", "title", named=True).order_by("pk")[:3],
     lambda: Book.objects.using(READONLY).annotate(twice=models.F("pages") * 2).order_by("pk")[:3],
     lambda: Book.objects.using(READONLY).order_by("title").distinct("title")[:3],
-], ids=["prefetch", "values", "untrusted-shape", "distinct-on"])
+], ids=["prefetch", "values", "named", "untrusted-shape", "distinct-on"])
 def test_what_djangos_iterable_does_more_takes_the_bridge(make: Callable[[], Any]) -> None:
     compare(make, fetched=False)
 
