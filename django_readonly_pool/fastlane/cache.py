@@ -5,8 +5,9 @@ A statement of a trusted shape runs straight from the event loop on the pool
 nothing to it: no ``execute_wrapper()`` is installed on the connection and
 queries are not logged (``DEBUG``, ``assertNumQueries``, the debug toolbar).
 Driver errors are still raised as Django's (``connection.wrap_database_errors``).
-Its SQL is the text Django compiled and the read-only guard passed when the
-shape was learnt; only the parameters, bound client-side, change.
+Its SQL is the text Django compiled when the shape was learnt, and the read-only
+guard judges it as Django's cursor wrapper would (one lookup of its cached
+verdict); only the parameters, bound client-side, change.
 """
 
 from __future__ import annotations
